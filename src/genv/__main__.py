@@ -1,0 +1,3 @@
+from genv.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Choosing the GPU backend: ``GENV_GPU_BACKEND``, or the best one this machine has.
+
+Opening is cheap: nothing talks to the driver until the first snapshot, and the NVML backend
+is one shared instance per process, so NVML is initialised once and kept open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import threading
+
+from genv.backends.base import BackendError, GpuBackend
+
+ENV_VAR = "GENV_GPU_BACKEND"
+BACKENDS = ("nvml", "nvidia-smi", "fake")
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+_lock = threading.Lock()
+_nvml: GpuBackend | None = None
+
+
+def nvml_library_loads() -> bool:
+    """Whether the NVML shared library can be loaded here (a dlopen; no driver call)."""
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def nvidia_smi_on_path() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def detect() -> str:
+    """The backend to use when none is named: NVML, else nvidia-smi, else a clear error."""
+    if nvml_library_loads():
+        return "nvml"
+    if nvidia_smi_on_path():
+        return "nvidia-smi"
+    raise BackendError(
+        f"no NVIDIA driver was found ({NVML_LIBRARY} does not load and nvidia-smi is not on "
+        "PATH): install the driver, or simulate a machine with "
+        "GENV_GPU_BACKEND=fake GENV_FAKE_MACHINE=machine.json (see README)"
+    )
+
+
+def open_backend(name: str | None = None) -> GpuBackend:
+    """The backend called ``name``, else the one ``GENV_GPU_BACKEND`` names, else detected.
+
+    Raises ``BackendError`` for an unknown name or when no backend is available.
+    """
+    if name is None:
+        name = os.environ.get(ENV_VAR, "").strip() or None
+        source = ENV_VAR
+    else:
+        source = "backend"
+    choice = detect() if name is None else name.strip().lower()
+    if choice == "nvml":
+        return _shared_nvml()
+    if choice == "nvidia-smi":
+        from genv.backends.nvidia_smi import NvidiaSmiBackend
+
+        return NvidiaSmiBackend()
+    if choice == "fake":
+        from genv.backends.fake import FakeBackend
+
+        return FakeBackend()
+    raise BackendError(f"unknown {source} {name!r}: use one of {', '.join(BACKENDS)}")
+
+
+def _shared_nvml() -> GpuBackend:
+    """One NVML backend per process: NVML stays initialised across callers."""
+    global _nvml
+    with _lock:
+        if _nvml is None:
+            from genv.backends.nvml import NvmlBackend
+
+            _nvml = NvmlBackend()
+        return _nvml

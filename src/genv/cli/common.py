@@ -1,0 +1,72 @@
+"""Pieces every command shares: the store, the backend, warnings, table formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+
+from genv.domain.timefmt import time_since, timestamp
+from genv.store import State, Store
+
+
+def open_store() -> Store:
+    return Store()
+
+
+def read_state(store: Store) -> State:
+    state = store.read()
+    warn_problems(state)
+    return state
+
+
+def warn_problems(state: State) -> None:
+    """One line per state file that could not be used; the command goes on with the rest."""
+    for problem in state.problems:
+        print(f"genv: warning: {problem.line()}", file=sys.stderr)
+
+
+def own_problem(state: State, uid: int) -> bool:
+    """Whether a problem concerns the caller's own state (or any state, for root)."""
+    return any(p.uid == uid or uid == 0 for p in state.problems)
+
+
+def add_table_arguments(parser: argparse.ArgumentParser, json_format: bool = True) -> None:
+    formats = ["csv", "tui", "json"] if json_format else ["csv", "tui"]
+    parser.add_argument("--no-header", dest="header", action="store_false",
+                        help="Do not print column headers")
+    parser.add_argument("--timestamp", action="store_true",
+                        help="Print the stored time instead of how long ago it was")
+    parser.add_argument("--format", choices=formats, default="tui",
+                        help="Output format (default: tui)")
+
+
+def when(value: float, args: argparse.Namespace) -> str:
+    return timestamp(value) if getattr(args, "timestamp", False) else time_since(value)
+
+
+def print_table(
+    args: argparse.Namespace,
+    header: Sequence[str],
+    widths: Sequence[int],
+    rows: Iterable[Sequence[object]],
+) -> None:
+    """genv's fixed-width (tui) or comma-separated (csv) tables."""
+    lines = []
+    if args.header:
+        lines.append(_line(args.format, header, widths))
+    lines.extend(_line(args.format, [str(v) for v in row], widths) for row in rows)
+    if lines:
+        print("\n".join(lines))
+
+
+def _line(fmt: str, values: Sequence[str], widths: Sequence[int]) -> str:
+    if fmt == "csv":
+        return ",".join(values)
+    cells = [f"{value:<{width}}" for value, width in zip(values[:-1], widths)]
+    return ("".join(cells) + values[-1]).rstrip()
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))

@@ -1,0 +1,60 @@
+"""Attaching and detaching devices: the store's transaction plus the hardware's device list."""
+
+from __future__ import annotations
+
+from genv.backends.base import GpuBackend
+from genv.domain import allocation
+from genv.store import Store
+
+
+def attach(
+    store: Store,
+    backend: GpuBackend,
+    eid: str,
+    count: int | None = None,
+    index: int | None = None,
+    allow_over_subscription: bool = False,
+) -> list[int]:
+    """Attach by count (total wanted) or by index; returns the indices now attached.
+
+    The device list is read before the lock is taken: reading hardware can be slow and must
+    not hold everyone else up.
+    """
+    devices = backend.snapshot(processes=False).devices
+    uuids = {device.index: device.uuid for device in devices}
+    with store.transaction() as tx:
+        env = tx.environment(eid)
+        view = tx.view()
+        mine = {a.device_index for a in view.attachments_of(env)}
+        if index is not None:
+            allocation.check_index(
+                devices, view.attachments, mine, index, env.config.gpu_memory,
+                allow_over_subscription,
+            )
+            tx.attach(eid, [index], allow_over_subscription, uuids)
+        else:
+            wanted = env.config.gpus if count is None else count
+            if wanted is None:
+                wanted = len(mine)
+            chosen = allocation.choose_by_count(
+                devices, view.attachments, mine, wanted, env.config.gpu_memory,
+                allow_over_subscription,
+            )
+            for extra in sorted(mine - set(chosen)):
+                tx.detach(eid, extra, uid=env.uid)
+            tx.attach(eid, [i for i in chosen if i not in mine], allow_over_subscription, uuids)
+        return sorted(a.device_index for a in tx.view().attachments_of(env))
+
+
+def detach(store: Store, eid: str, index: int | None = None) -> list[int]:
+    """Detach from one device or all; returns the indices still attached."""
+    with store.transaction() as tx:
+        env = tx.environment(eid)
+        tx.detach(eid, index, uid=env.uid)
+        return sorted(a.device_index for a in tx.view().attachments_of(env))
+
+
+def attached(store: Store, eid: str) -> list[int]:
+    state = store.read()
+    env = state.environment(eid, prefer_uid=store.caller_uid)
+    return [] if env is None else sorted(a.device_index for a in state.attachments_of(env))

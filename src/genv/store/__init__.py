@@ -1,0 +1,16 @@
+"""The state store: the only code that locks, loads and saves environments and attachments."""
+
+from genv.store.errors import NotFound, PermissionRefused, StateError, StoreError
+from genv.store.state import State, StateProblem
+from genv.store.store import Store, Transaction
+
+__all__ = [
+    "NotFound",
+    "PermissionRefused",
+    "State",
+    "StateError",
+    "StateProblem",
+    "Store",
+    "StoreError",
+    "Transaction",
+]

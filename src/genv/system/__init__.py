@@ -1,0 +1,1 @@
+"""What genv reads from (and does to) the running system: processes, users."""
