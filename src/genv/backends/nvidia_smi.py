@@ -69,12 +69,12 @@ def parse_gpus(text: str) -> tuple[list[Device], list[str]]:
             errors.append(f"nvidia-smi: cannot read GPU line {line!r}")
             continue
         if not uuid or uuid.startswith("["):
-            errors.append(f"nvidia-smi: device {index} reports no UUID")
+            errors.append(f"device {index}: no UUID reported ({uuid or 'empty'})")
             continue
         total = parse_mib(fields[-2])
         used = parse_mib(fields[-1])
         if total is None:
-            errors.append(f"nvidia-smi: device {index} ({uuid}) reports no total memory")
+            errors.append(f"device {index}: total memory not reported ({fields[-2]})")
             total = 0
         devices.append(Device(index, uuid, name, total, used))
     return devices, errors

@@ -130,11 +130,21 @@ class NvmlBackend:
                 name = self._names.get(uuid)
                 if name is None:
                     name = self._names[uuid] = _text(pynvml.nvmlDeviceGetName(handle))
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             except pynvml.NVMLError as error:
                 errors.append(f"device {index}: {_text(error)}")
                 continue
-            devices.append(Device(index, uuid, name, int(memory.total), int(memory.used)))
+            try:
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                total, used = int(memory.total), int(memory.used)
+            except pynvml.NVMLError as error:
+                if not _is(error, "NVMLError_NotSupported"):
+                    errors.append(f"device {index}: {_text(error)}")
+                    continue
+                # Unified-memory parts (GB10) have no framebuffer figures; the device still
+                # exists and runs processes, so keep it, as nvidia-smi's [N/A] does.
+                errors.append(f"device {index}: memory not reported ({_text(error)})")
+                total, used = 0, None
+            devices.append(Device(index, uuid, name, total, used))
             if processes:
                 found.extend(self._processes(handle, index, uuid, errors))
         return GpuSnapshot(tuple(devices), tuple(found), tuple(errors))

@@ -1,0 +1,130 @@
+"""``genv enforce``: parse the rules, then run the daemon (or one cycle with --interval 0)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from genv.domain.memory import MemoryFormatError, parse_memory
+
+log = logging.getLogger("genv.enforce")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
+    return value
+
+
+def _memory(text: str) -> str:
+    try:
+        parse_memory(text)
+    except MemoryFormatError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _user_value(convert):
+    def parse(text: str):
+        user, sep, value = text.partition("=")
+        if not sep or not user:
+            raise argparse.ArgumentTypeError(f"{text!r} is not of the form USER=VALUE")
+        return user, convert(value)
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--interval", type=_non_negative_float, default=10.0,
+                        help="seconds between cycles; 0 runs one cycle and exits (default: 10)")
+    rules = parser.add_argument_group("rules")
+    rules.add_argument("--non-env-processes", action=argparse.BooleanOptionalAction,
+                       default=False,
+                       help="terminate GPU processes that are not in an environment "
+                            "(default: off)")
+    rules.add_argument("--env-devices", action=argparse.BooleanOptionalAction, default=True,
+                       help="terminate processes using devices not attached to their "
+                            "environment (default: on)")
+    rules.add_argument("--env-memory", action=argparse.BooleanOptionalAction, default=True,
+                       help="terminate processes of environments over their GPU memory "
+                            "capacity (default: on)")
+    rules.add_argument("--max-devices-per-user", type=_count, metavar="N",
+                       help="maximum devices each user may have attached")
+    rules.add_argument("--max-devices-for-user", type=_user_value(_count), nargs="+",
+                       default=[], metavar="USER=N", help="per-user device maximum")
+    rules.add_argument("--max-memory-per-user", type=_memory, metavar="AMOUNT",
+                       help="maximum GPU memory of each user's processes, all devices (e.g. 40g)")
+    rules.add_argument("--max-memory-for-user", type=_user_value(_memory), nargs="+",
+                       default=[], metavar="USER=AMOUNT", help="per-user GPU memory maximum")
+    rules.add_argument("--exempt-user", nargs="+", default=[], metavar="NAME",
+                       help="users whose processes are never terminated")
+    rules.add_argument("--exempt-process", nargs="+", default=[], metavar="NAME",
+                       help="programs never terminated, by executable name (e.g. Xorg)")
+    acting = parser.add_argument_group("acting")
+    acting.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS",
+                        help="seconds between SIGTERM and SIGKILL (default: 10)")
+    acting.add_argument("--dry-run", action="store_true",
+                        help="print what would be done, and do nothing")
+    acting.add_argument("--log-format", choices=["plain", "json"], default="plain",
+                        help="plain lines (default) or one JSON object per finding and action")
+    acting.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default="info", help="level of the diagnostics on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from genv.backends import open_backend
+    from genv.enforce.daemon import Enforcer
+    from genv.enforce.executor import Detacher, Terminator
+    from genv.enforce.observe import Observer
+    from genv.enforce.report import Reporter
+    from genv.enforce.rules import RuleConfig
+    from genv.store import Store
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="genv enforce: %(levelname)s: %(message)s")
+    config = RuleConfig(
+        non_env_processes=args.non_env_processes,
+        env_devices=args.env_devices,
+        env_memory=args.env_memory,
+        max_devices_per_user=args.max_devices_per_user,
+        max_devices_for_user=dict(args.max_devices_for_user),
+        max_memory_per_user=args.max_memory_per_user,
+        max_memory_for_user=dict(args.max_memory_for_user),
+        exempt_users=frozenset(args.exempt_user),
+        exempt_processes=frozenset(args.exempt_process),
+    )
+    if os.geteuid() != 0:
+        log.warning("not running as root: other users' GPU processes can be neither identified "
+                    "nor terminated (permission); run it with sudo")
+    store = Store()
+    enforcer = Enforcer(
+        Observer(open_backend(), store),
+        config,
+        Terminator(args.grace, dry_run=args.dry_run),
+        Detacher(store, dry_run=args.dry_run),
+        Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
+    )
+    if args.interval == 0:
+        enforcer.run_once()
+        return 0
+    enforcer.install_signal_handlers()
+    log.info("enforcing every %gs", args.interval)
+    enforcer.run_forever(args.interval)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,128 @@
+"""The enforcement snapshot: everything the rules look at, gathered once per cycle.
+
+Which environment a GPU process belongs to is decided here, purely: a process makes a claim
+(``GENV_ENVIRONMENT_ID``), and the claim holds only when the process runs as the owner of that
+environment (or as root, e.g. in a container started from it). "Could not tell" is its own
+answer, and nothing acts on a process in that state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from genv.domain.models import Attachment, Device, Environment
+
+
+class Membership(Enum):
+    IN_ENV = "in-env"  # claims an environment it owns
+    NO_ENV = "no-env"  # claims none, or one that no longer exists
+    IMPOSTOR = "impostor"  # claims an environment of another user
+    UNKNOWN = "unknown"  # its claim or the environment's state could not be read
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What the system says about a process, read once per (pid, start time)."""
+
+    pid: int
+    start_time: float | None
+    uid: int | None
+    username: str | None
+    name: str
+    claimed_eid: str | None
+    environ_readable: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Memory a process holds on one device (None when the driver does not say)."""
+
+    device_index: int
+    used_memory: int | None
+
+
+@dataclass(frozen=True)
+class ObservedProcess:
+    """A GPU process with its facts, its usage per device and the environment it belongs to."""
+
+    facts: ProcessFacts
+    usage: tuple[Usage, ...]
+    membership: Membership
+    env: Environment | None = None
+    note: str = ""  # why it is not IN_ENV, for messages
+
+    @property
+    def pid(self) -> int:
+        return self.facts.pid
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        return tuple(sorted({u.device_index for u in self.usage}))
+
+    def memory_on(self, index: int) -> int:
+        return sum(u.used_memory or 0 for u in self.usage if u.device_index == index)
+
+    @property
+    def total_memory(self) -> int:
+        return sum(u.used_memory or 0 for u in self.usage)
+
+    @property
+    def eid(self) -> str | None:
+        return self.env.eid if self.env is not None else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    devices: tuple[Device, ...]
+    processes: tuple[ObservedProcess, ...]
+    environments: tuple[Environment, ...]
+    attachments: tuple[Attachment, ...]
+    unreadable_uids: frozenset[int] = field(default_factory=frozenset)
+
+    def attached_indices(self, env: Environment) -> set[int]:
+        return {a.device_index for a in self.attachments if (a.uid, a.eid) == (env.uid, env.eid)}
+
+    def members(self, env: Environment) -> list[ObservedProcess]:
+        return [
+            p
+            for p in self.processes
+            if p.membership is Membership.IN_ENV
+            and p.env is not None
+            and (p.env.uid, p.env.eid) == (env.uid, env.eid)
+        ]
+
+
+def resolve(
+    facts: ProcessFacts,
+    environments: tuple[Environment, ...],
+    unreadable_uids: frozenset[int],
+) -> tuple[Membership, Environment | None, str]:
+    """The environment ``facts`` belongs to, and why not when it belongs to none."""
+    if not facts.environ_readable:
+        return Membership.UNKNOWN, None, "its environment variables could not be read"
+    eid = facts.claimed_eid
+    if not eid:
+        return Membership.NO_ENV, None, ""
+    claimed = [env for env in environments if env.eid == eid]
+    own = [env for env in claimed if env.uid == facts.uid]
+    if own:
+        return Membership.IN_ENV, own[0], ""
+    if facts.uid == 0 and len(claimed) == 1:
+        return Membership.IN_ENV, claimed[0], ""
+    if facts.uid == 0 and claimed:
+        return Membership.UNKNOWN, None, f"it claims environment {eid}, which several users have"
+    if facts.uid in unreadable_uids or (facts.uid == 0 and unreadable_uids):
+        return (
+            Membership.UNKNOWN,
+            None,
+            f"it claims environment {eid}, whose state file could not be read",
+        )
+    if claimed:
+        owner = claimed[0].username or f"uid {claimed[0].uid}"
+        return (
+            Membership.IMPOSTOR,
+            None,
+            f"it claims environment {eid} of {owner}, which it does not own",
+        )
+    return Membership.NO_ENV, None, ""

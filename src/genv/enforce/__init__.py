@@ -1,0 +1,1 @@
+"""``genv enforce``: rules turn a snapshot into a plan; the executor carries it out."""

@@ -1,0 +1,133 @@
+"""The enforcement loop: observe, survey, combine, execute; every ``interval`` seconds.
+
+It keeps going through NVML errors, vanished devices and bad state files (each logged once per
+change), escalates SIGTERM to SIGKILL on time without stalling its cycles, and stops cleanly on
+SIGTERM and SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from genv.backends.base import BackendError
+from genv.domain.snapshot import Membership, Snapshot
+from genv.enforce.executor import Detacher, Outcome, Terminator
+from genv.enforce.observe import Observer
+from genv.enforce.plan import Plan, combine
+from genv.enforce.report import ProblemLog, Reporter
+from genv.enforce.rules import RuleConfig, survey
+from genv.store import State, StoreError
+
+log = logging.getLogger("genv.enforce")
+
+
+class Enforcer:
+    def __init__(
+        self,
+        observer: Observer,
+        config: RuleConfig,
+        terminator: Terminator,
+        detacher: Detacher,
+        reporter: Reporter,
+    ) -> None:
+        self.observer = observer
+        self.config = config
+        self.terminator = terminator
+        self.detacher = detacher
+        self.reporter = reporter
+        self.problems = ProblemLog()
+        self._stop = threading.Event()
+
+    # -- one cycle ---------------------------------------------------------------------
+
+    def cycle(self) -> Plan | None:
+        """One enforcement cycle; None when nothing could be observed this time."""
+        problems: dict[str, str] = {}
+        try:
+            snapshot, gpus, state = self.observer.observe()
+        except (BackendError, StoreError) as error:
+            problems["observe"] = f"cannot take a snapshot this cycle: {error}"
+            self.problems.update(problems)
+            return None
+        problems.update(_problems_of(snapshot, state, gpus.errors))
+        self.problems.update(problems)
+        plan = combine(survey(snapshot, self.config))
+        self.execute(plan)
+        return plan
+
+    def execute(self, plan: Plan) -> None:
+        for finding in plan.findings:
+            self.reporter.finding(finding)
+        for termination in plan.terminations:
+            self.reporter.terminating(termination)
+            outcome = self.terminator.terminate(termination)
+            self.reporter.outcome(termination, outcome)
+        for detachment in plan.detachments:
+            self.reporter.detaching(detachment)
+        error = self.detacher.detach(list(plan.detachments))
+        if error:
+            log.error("could not detach: %s", error)
+
+    def escalate(self) -> None:
+        for termination, outcome in self.terminator.escalate_due():
+            if outcome is Outcome.SIGNALLED:
+                self.reporter.killing(termination, self.terminator.grace)
+            else:
+                self.reporter.outcome(termination, outcome)
+
+    # -- running -----------------------------------------------------------------------
+
+    def run_once(self) -> None:
+        """``--interval 0``: one cycle, then wait up to the grace period and escalate."""
+        self.cycle()
+        if self.terminator.pending:
+            self.terminator.wait(self.terminator.grace)
+            self.escalate()
+
+    def run_forever(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        next_cycle = clock()
+        while not self._stop.is_set():
+            now = clock()
+            if now >= next_cycle:
+                self.cycle()
+                next_cycle = now + interval
+            self.escalate()
+            wake = next_cycle
+            deadline = self.terminator.next_deadline()
+            if deadline is not None:
+                wake = min(wake, deadline)
+            self._stop.wait(max(0.0, wake - clock()))
+        self.terminator.close()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+
+def _problems_of(snapshot: Snapshot, state: State, gpu_errors: tuple[str, ...]) -> dict[str, str]:
+    problems = {f"state:{p.path}": p.line() for p in state.problems}
+    for error in gpu_errors:
+        problems[f"gpu:{error}"] = f"GPU: {error}"
+    present = {device.index for device in snapshot.devices}
+    for attachment in snapshot.attachments:
+        if attachment.device_index not in present:
+            problems[f"device:{attachment.device_index}:{attachment.eid}"] = (
+                f"environment {attachment.eid} is attached to device "
+                f"{attachment.device_index}, which is not present now"
+            )
+    for process in snapshot.processes:
+        if process.membership is Membership.UNKNOWN:
+            who = process.facts.username or "another user"
+            hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
+            problems[f"unknown:{process.pid}:{process.facts.start_time}"] = (
+                f"process {process.pid} of {who} is left alone: {process.note}{hint}"
+            )
+    return problems

@@ -1,0 +1,312 @@
+"""The enforcement rules: pure functions from a snapshot to findings. Nothing here touches the
+system, so tests call them directly with hand-made snapshots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from genv.domain.memory import format_memory, parse_memory
+from genv.domain.snapshot import Membership, ObservedProcess, Snapshot
+from genv.enforce.findings import Detachment, Finding, Termination
+
+NON_ENV_PROCESSES = "non-env-processes"
+ENV_DEVICES = "env-devices"
+ENV_MEMORY = "env-memory"
+MAX_DEVICES_PER_USER = "max-devices-per-user"
+MAX_MEMORY_PER_USER = "max-memory-per-user"
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Which rules run, with their limits. Memory limits keep the text the admin wrote."""
+
+    non_env_processes: bool = False
+    env_devices: bool = True
+    env_memory: bool = True
+    max_devices_per_user: int | None = None
+    max_devices_for_user: Mapping[str, int] = field(default_factory=dict)
+    max_memory_per_user: str | None = None
+    max_memory_for_user: Mapping[str, str] = field(default_factory=dict)
+    exempt_users: frozenset[str] = frozenset()
+    exempt_processes: frozenset[str] = frozenset()
+
+
+def survey(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    """Run every enabled rule; exempt users and programs are invisible to all of them."""
+    visible = _without_exempt(snapshot, config)
+    findings: list[Finding] = []
+    for enabled, rule in _RULES:
+        if enabled(config):
+            findings.extend(rule(visible, config))
+    return findings
+
+
+def _without_exempt(snapshot: Snapshot, config: RuleConfig) -> Snapshot:
+    if not config.exempt_users and not config.exempt_processes:
+        return snapshot
+    kept = tuple(
+        p
+        for p in snapshot.processes
+        if p.facts.name not in config.exempt_processes
+        and p.facts.username not in config.exempt_users
+    )
+    return Snapshot(
+        devices=snapshot.devices,
+        processes=kept,
+        environments=snapshot.environments,
+        attachments=snapshot.attachments,
+        unreadable_uids=snapshot.unreadable_uids,
+    )
+
+
+def _acted_on(process: ObservedProcess) -> bool:
+    """Processes whose environment could not be told are never acted on."""
+    return process.membership is not Membership.UNKNOWN
+
+
+def _username(process: ObservedProcess) -> str:
+    facts = process.facts
+    return facts.username or (f"uid {facts.uid}" if facts.uid is not None else "unknown user")
+
+
+def _newest_first(processes: list[ObservedProcess]) -> list[ObservedProcess]:
+    return sorted(processes, key=lambda p: (p.facts.start_time or 0.0, p.pid), reverse=True)
+
+
+# -- non-environment processes -------------------------------------------------------------
+
+
+def non_env_processes(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    findings = []
+    for process in snapshot.processes:
+        if process.membership not in (Membership.NO_ENV, Membership.IMPOSTOR):
+            continue
+        message = f"Process {process.pid} is not running in a GPU environment"
+        if process.membership is Membership.IMPOSTOR:
+            message += f": {process.note}"
+        findings.append(
+            Finding(
+                NON_ENV_PROCESSES,
+                message,
+                terminations=(
+                    Termination(process, NON_ENV_PROCESSES, message, process.devices),
+                ),
+            )
+        )
+    return findings
+
+
+# -- environment devices -------------------------------------------------------------------
+
+
+def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    findings = []
+    for process in snapshot.processes:
+        if process.membership is not Membership.IN_ENV or process.env is None:
+            continue
+        attached = snapshot.attached_indices(process.env)
+        outside = [index for index in process.devices if index not in attached]
+        if not outside:
+            continue
+        message = (
+            f"Process {process.pid} from environment {process.env.eid} is using "
+            f"non-attached GPU(s) {','.join(str(index) for index in outside)}"
+        )
+        findings.append(
+            Finding(
+                ENV_DEVICES,
+                message,
+                terminations=(Termination(process, ENV_DEVICES, message, tuple(outside)),),
+            )
+        )
+    return findings
+
+
+# -- environment memory capacity -----------------------------------------------------------
+
+
+def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    findings = []
+    for env in snapshot.environments:
+        members = snapshot.members(env)
+        if not members:
+            continue
+        capacities = {
+            a.device_index: a.gpu_memory
+            for a in snapshot.attachments
+            if (a.uid, a.eid) == (env.uid, env.eid) and a.gpu_memory
+        }
+        for index in sorted({i for p in members for i in p.devices}):
+            capacity_text = capacities.get(index) or env.config.gpu_memory
+            if not capacity_text:
+                continue
+            capacity = parse_memory(capacity_text)
+            on_device = [p for p in members if index in p.devices]
+            used = sum(p.memory_on(index) for p in on_device)
+            if used <= capacity:
+                continue
+            message = (
+                f"Environment {env.eid} is using {format_memory(used)} on device {index} "
+                f"which is {format_memory(used - capacity)} over its capacity of {capacity_text}"
+            )
+            victims = _greedy(
+                _newest_first([p for p in on_device if p.memory_on(index) > 0]),
+                used - capacity,
+                lambda p, index=index: p.memory_on(index),
+                lambda p, freed, index=index, eid=env.eid: (
+                    f"it is the newest process of environment {eid} on device {index} "
+                    f"(frees {format_memory(freed)})"
+                ),
+                ENV_MEMORY,
+            )
+            findings.append(Finding(ENV_MEMORY, message, terminations=tuple(victims)))
+    return findings
+
+
+def _greedy(
+    candidates: list[ObservedProcess],
+    excess: int,
+    size: Callable[[ObservedProcess], int],
+    reason: Callable[[ObservedProcess, int], str],
+    rule: str,
+) -> list[Termination]:
+    """Take candidates in order until ``excess`` bytes are freed."""
+    victims = []
+    freed = 0
+    for process in candidates:
+        if freed >= excess:
+            break
+        freed += size(process)
+        victims.append(Termination(process, rule, reason(process, size(process)), process.devices))
+    if len(victims) < len(candidates):
+        victims = [replace(victim, chosen=True) for victim in victims]
+    return victims
+
+
+# -- devices per user ----------------------------------------------------------------------
+
+
+def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    findings = []
+    by_uid: dict[int, list] = defaultdict(list)
+    for attachment in snapshot.attachments:
+        by_uid[attachment.uid].append(attachment)
+    envs = {(env.uid, env.eid): env for env in snapshot.environments}
+    for uid, attachments in sorted(by_uid.items()):
+        username = next(
+            (envs[(a.uid, a.eid)].username for a in attachments
+             if (a.uid, a.eid) in envs and envs[(a.uid, a.eid)].username),
+            f"uid {uid}",
+        )
+        if username in config.exempt_users:
+            continue
+        limit = config.max_devices_for_user.get(username, config.max_devices_per_user)
+        if limit is None:
+            continue
+        devices = sorted({a.device_index for a in attachments})
+        over = len(devices) - limit
+        if over <= 0:
+            continue
+        message = (
+            f"User {username} is using {len(devices)} devices which is {over} more than "
+            "the maximum allowed"
+        )
+        busy = {
+            index: any(
+                index in p.devices for a in attachments if a.device_index == index
+                for p in snapshot.members(envs[(a.uid, a.eid)]) if (a.uid, a.eid) in envs
+            )
+            for index in devices
+        }
+        latest = {
+            index: max(a.time for a in attachments if a.device_index == index)
+            for index in devices
+        }
+        # Least work lost: devices where none of the user's environments runs anything go
+        # first; then the most recently attached.
+        chosen = sorted(devices, key=lambda index: (busy[index], -latest[index]))[:over]
+        detachments = []
+        terminations = []
+        choice = len(devices) > over
+        for index in chosen:
+            reason = (
+                f"no process of user {username} runs on device {index}, so no work is lost"
+                if not busy[index]
+                else f"device {index} is the one user {username} attached most recently"
+            )
+            for a in attachments:
+                if a.device_index != index:
+                    continue
+                detachments.append(
+                    Detachment(a.eid, a.uid, username, index, MAX_DEVICES_PER_USER, reason,
+                               chosen=choice)
+                )
+                env = envs.get((a.uid, a.eid))
+                for process in snapshot.members(env) if env else ():
+                    if index in process.devices:
+                        terminations.append(
+                            Termination(
+                                process,
+                                MAX_DEVICES_PER_USER,
+                                f"its environment {a.eid} is detached from device {index}",
+                                process.devices,
+                            )
+                        )
+        findings.append(
+            Finding(
+                MAX_DEVICES_PER_USER,
+                message,
+                terminations=tuple(terminations),
+                detachments=tuple(detachments),
+                details={"uid": uid, "user": username, "devices": len(devices), "over": over},
+            )
+        )
+    return findings
+
+
+# -- GPU memory per user -------------------------------------------------------------------
+
+
+def max_memory_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+    findings = []
+    by_uid: dict[int, list[ObservedProcess]] = defaultdict(list)
+    for process in snapshot.processes:
+        if _acted_on(process) and process.facts.uid is not None:
+            by_uid[process.facts.uid].append(process)
+    for _, processes in sorted(by_uid.items()):
+        username = _username(processes[0])
+        limit_text = config.max_memory_for_user.get(username, config.max_memory_per_user)
+        if limit_text is None:
+            continue
+        limit = parse_memory(limit_text)
+        used = sum(p.total_memory for p in processes)
+        if used <= limit:
+            continue
+        message = (
+            f"User {username} is using {format_memory(used)} of GPU memory which is "
+            f"{format_memory(used - limit)} over the maximum of {limit_text}"
+        )
+        victims = _greedy(
+            _newest_first([p for p in processes if p.total_memory > 0]),
+            used - limit,
+            lambda p: p.total_memory,
+            lambda p, freed, username=username: (
+                f"it is the newest process of user {username} (frees {format_memory(freed)})"
+            ),
+            MAX_MEMORY_PER_USER,
+        )
+        findings.append(Finding(MAX_MEMORY_PER_USER, message, terminations=tuple(victims)))
+    return findings
+
+
+_RULES: tuple[tuple[Callable[[RuleConfig], bool], Callable[..., list[Finding]]], ...] = (
+    (lambda c: c.non_env_processes, non_env_processes),
+    (lambda c: c.env_devices, env_devices),
+    (lambda c: c.env_memory, env_memory),
+    (lambda c: c.max_devices_per_user is not None or bool(c.max_devices_for_user),
+     max_devices_per_user),
+    (lambda c: c.max_memory_per_user is not None or bool(c.max_memory_for_user),
+     max_memory_per_user),
+)

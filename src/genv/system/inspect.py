@@ -1,0 +1,62 @@
+"""Facts about GPU processes (owner, program, claimed environment), read from /proc via psutil.
+
+A process is (pid, start time): facts are cached under both, so a reused pid is read afresh
+and a known process costs one small read per cycle.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+from genv.domain.snapshot import ProcessFacts
+from genv.system import users
+
+ENV_VAR = "GENV_ENVIRONMENT_ID"
+
+
+class ProcessInspector:
+    def __init__(self) -> None:
+        self._cache: dict[int, ProcessFacts] = {}
+
+    def facts(self, pid: int) -> ProcessFacts | None:
+        """Facts about ``pid``, or None when it is gone; what cannot be read is marked."""
+        try:
+            process = psutil.Process(pid)
+            started = process.create_time()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return ProcessFacts(pid, None, None, None, "?", None, environ_readable=False)
+        cached = self._cache.get(pid)
+        if cached is not None and cached.start_time == started:
+            return cached
+        try:
+            uid = process.uids().real
+            name = process.name()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            uid, name = None, "?"
+        try:
+            claimed = process.environ().get(ENV_VAR)
+            readable = True
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except (psutil.AccessDenied, OSError):
+            claimed, readable = None, False
+        facts = ProcessFacts(
+            pid=pid,
+            start_time=started,
+            uid=uid,
+            username=users.username(uid) if uid is not None else None,
+            name=name,
+            claimed_eid=claimed or None,
+            environ_readable=readable,
+        )
+        self._cache[pid] = facts
+        return facts
+
+    def retain(self, pids: set[int]) -> None:
+        """Forget processes no longer on any GPU, so the cache stays as small as the machine."""
+        for pid in [pid for pid in self._cache if pid not in pids]:
+            del self._cache[pid]
