@@ -64,7 +64,7 @@ def print_table(
 def _line(fmt: str, values: Sequence[str], widths: Sequence[int]) -> str:
     if fmt == "csv":
         return ",".join(values)
-    cells = [f"{value:<{width}}" for value, width in zip(values[:-1], widths)]
+    cells = [f"{value:<{width}}" for value, width in zip(values[:-1], widths, strict=True)]
     return ("".join(cells) + values[-1]).rstrip()
 
 

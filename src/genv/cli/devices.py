@@ -79,8 +79,10 @@ def _detach(store: Store, args: argparse.Namespace) -> int:
 
 
 def _find(store: Store, args: argparse.Namespace) -> int:
-    _print_indices(core.attached(store, args.eid))
-    return 0
+    state = common.read_state(store)
+    env = state.environment(args.eid, prefer_uid=store.caller_uid)
+    _print_indices([] if env is None else sorted(a.device_index for a in state.attachments_of(env)))
+    return 1 if common.own_problem(state, store.caller_uid) else 0
 
 
 def _hardware_and_state(store: Store) -> tuple[list[Device], State]:
@@ -152,7 +154,7 @@ def _query(store: Store, args: argparse.Namespace) -> int:
             ),
         }
         print(",".join(values[name] for name in args.queries))
-    return 0
+    return 1 if common.own_problem(state, store.caller_uid) else 0
 
 
 ACTIONS = {"attach": _attach, "detach": _detach, "find": _find, "ps": _ps, "query": _query}

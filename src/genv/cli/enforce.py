@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
+    from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="genv enforce: %(levelname)s: %(message)s")
@@ -112,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log.warning("not running as root: other users' GPU processes can be neither identified "
                     "nor terminated (permission); run it with sudo")
-    store = Store()
+    raise_open_file_limit()
+    watcher = ProcessWatcher()
+    store = Store(is_running=watcher.is_running)
     enforcer = Enforcer(
-        Observer(open_backend(), store),
+        Observer(open_backend(), store, watcher),
         config,
         Terminator(args.grace, dry_run=args.dry_run),
         Detacher(store, dry_run=args.dry_run),

@@ -128,7 +128,7 @@ def _find(store: Store, args: argparse.Namespace) -> int:
         found = state.find_by_kernel(args.kernel_id)
     for env in found:
         print(env.eid)
-    return 0
+    return 1 if common.own_problem(state, store.caller_uid) else 0
 
 
 def _ps(store: Store, args: argparse.Namespace) -> int:
@@ -165,14 +165,14 @@ def _as_json(env: Environment) -> dict:
 
 def _query(store: Store, args: argparse.Namespace) -> int:
     state = common.read_state(store)
-    envs = state.environments
+    envs = sorted(state.environments, key=lambda env: env.creation)
     if args.eid is not None:
         env = state.environment(args.eid, prefer_uid=store.caller_uid)
-        envs = () if env is None else (env,)
+        envs = [] if env is None else [env]
     for env in envs:
         values = (QUERIES[name](env) for name in args.queries)
         print(",".join("" if value is None else str(value) for value in values))
-    return 0
+    return 1 if common.own_problem(state, store.caller_uid) else 0
 
 
 ACTIONS = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from genv.backends.base import GpuBackend
 from genv.domain import allocation
-from genv.store import Store
+from genv.domain.models import Device, Environment
+from genv.store import State, Store, Transaction
 
 
 def attach(
@@ -24,6 +27,7 @@ def attach(
     uuids = {device.index: device.uuid for device in devices}
     with store.transaction() as tx:
         env = tx.environment(eid)
+        tx.check_may_change(env)  # before anything else: another user's env is refused as such
         view = tx.view()
         mine = {a.device_index for a in view.attachments_of(env)}
         if index is not None:
@@ -31,7 +35,7 @@ def attach(
                 devices, view.attachments, mine, index, env.config.gpu_memory,
                 allow_over_subscription,
             )
-            tx.attach(eid, [index], allow_over_subscription, uuids)
+            _attach_marking_shared(tx, env, devices, view, [index], uuids)
         else:
             wanted = env.config.gpus if count is None else count
             if wanted is None:
@@ -42,8 +46,28 @@ def attach(
             )
             for extra in sorted(mine - set(chosen)):
                 tx.detach(eid, extra, uid=env.uid)
-            tx.attach(eid, [i for i in chosen if i not in mine], allow_over_subscription, uuids)
+            new = [i for i in chosen if i not in mine]
+            _attach_marking_shared(tx, env, devices, view, new, uuids)
         return sorted(a.device_index for a in tx.view().attachments_of(env))
+
+
+def _attach_marking_shared(
+    tx: Transaction,
+    env: Environment,
+    devices: Sequence[Device],
+    view: State,
+    indices: list[int],
+    uuids: dict[int, str],
+) -> None:
+    """Attach ``indices``; an attachment is marked over-subscribed only when it really is."""
+    by_index = {device.index: device for device in devices}
+    for index in indices:
+        device = by_index.get(index)
+        others = [a for a in view.attachments_on(index) if (a.eid, a.uid) != (env.eid, env.uid)]
+        shared = device is not None and not allocation.is_available(
+            device, others, env.config.gpu_memory
+        )
+        tx.attach(env.eid, [index], shared, uuids)
 
 
 def detach(store: Store, eid: str, index: int | None = None) -> list[int]:

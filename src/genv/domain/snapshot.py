@@ -8,8 +8,11 @@ answer, and nothing acts on a process in that state.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 
 from genv.domain.models import Attachment, Device, Environment
 
@@ -80,31 +83,56 @@ class Snapshot:
     attachments: tuple[Attachment, ...]
     unreadable_uids: frozenset[int] = field(default_factory=frozenset)
 
+    @cached_property
+    def _attachments_by_env(self) -> dict[tuple[int, str], list[Attachment]]:
+        grouped: dict[tuple[int, str], list[Attachment]] = defaultdict(list)
+        for a in self.attachments:
+            grouped[(a.uid, a.eid)].append(a)
+        return grouped
+
+    def attachments_of(self, env: Environment) -> list[Attachment]:
+        return self._attachments_by_env.get((env.uid, env.eid), [])
+
+    @cached_property
+    def _members(self) -> dict[tuple[int, str], list[ObservedProcess]]:
+        members: dict[tuple[int, str], list[ObservedProcess]] = defaultdict(list)
+        for p in self.processes:
+            if p.membership is Membership.IN_ENV and p.env is not None:
+                members[(p.env.uid, p.env.eid)].append(p)
+        return members
+
     def attached_indices(self, env: Environment) -> set[int]:
-        return {a.device_index for a in self.attachments if (a.uid, a.eid) == (env.uid, env.eid)}
+        return {a.device_index for a in self.attachments_of(env)}
 
     def members(self, env: Environment) -> list[ObservedProcess]:
-        return [
-            p
-            for p in self.processes
-            if p.membership is Membership.IN_ENV
-            and p.env is not None
-            and (p.env.uid, p.env.eid) == (env.uid, env.eid)
-        ]
+        return self._members.get((env.uid, env.eid), [])
+
+
+def index_by_eid(environments: Sequence[Environment]) -> dict[str, list[Environment]]:
+    """Environments by id, so that resolving each process costs one lookup."""
+    index: dict[str, list[Environment]] = defaultdict(list)
+    for env in environments:
+        index[env.eid].append(env)
+    return index
 
 
 def resolve(
     facts: ProcessFacts,
-    environments: tuple[Environment, ...],
+    environments: Mapping[str, Sequence[Environment]] | Sequence[Environment],
     unreadable_uids: frozenset[int],
 ) -> tuple[Membership, Environment | None, str]:
-    """The environment ``facts`` belongs to, and why not when it belongs to none."""
+    """The environment ``facts`` belongs to, and why not when it belongs to none.
+
+    ``environments`` maps environment ids to the environments of that id (see index_by_eid).
+    """
     if not facts.environ_readable:
         return Membership.UNKNOWN, None, "its environment variables could not be read"
     eid = facts.claimed_eid
     if not eid:
         return Membership.NO_ENV, None, ""
-    claimed = [env for env in environments if env.eid == eid]
+    if not isinstance(environments, Mapping):
+        environments = index_by_eid(environments)
+    claimed = list(environments.get(eid, ()))
     own = [env for env in claimed if env.uid == facts.uid]
     if own:
         return Membership.IN_ENV, own[0], ""

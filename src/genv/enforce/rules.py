@@ -134,9 +134,7 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
         if not members:
             continue
         capacities = {
-            a.device_index: a.gpu_memory
-            for a in snapshot.attachments
-            if (a.uid, a.eid) == (env.uid, env.eid) and a.gpu_memory
+            a.device_index: a.gpu_memory for a in snapshot.attachments_of(env) if a.gpu_memory
         }
         for index in sorted({i for p in members for i in p.devices}):
             capacity_text = capacities.get(index) or env.config.gpu_memory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from genv.domain.models import Attachment, EnvConfig, Environment, RegisteredProcess
@@ -30,6 +31,8 @@ def decode(data: bytes, owner_uid: int) -> tuple[list[Environment], list[Attachm
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecordError(f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise RecordError("not a genv state document (nested too deeply)") from None
     if not isinstance(document, dict):
         raise RecordError("not a genv state document")
     version = document.get("version")
@@ -42,7 +45,7 @@ def decode(data: bytes, owner_uid: int) -> tuple[list[Environment], list[Attachm
     try:
         environments = [_decode_environment(item, owner_uid) for item in document["environments"]]
         attachments = [_decode_attachment(item, owner_uid) for item in document["attachments"]]
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise RecordError(f"malformed record ({type(error).__name__}: {error})") from None
     return environments, attachments
 
@@ -69,14 +72,14 @@ def _decode_environment(item: dict[str, Any], uid: int) -> Environment:
         eid=_text(item["eid"]),
         uid=uid,
         username=_optional_text(item.get("username")),
-        creation=float(item["creation"]),
+        creation=_time(item["creation"]),
         config=EnvConfig(
             name=_optional_text(config.get("name")),
             gpus=None if gpus is None else int(gpus),
             gpu_memory=_optional_text(config.get("gpu_memory")),
         ),
         processes=tuple(
-            RegisteredProcess(int(pid), None if start is None else float(start))
+            RegisteredProcess(int(pid), None if start is None else _time(start))
             for pid, start in item.get("processes", [])
         ),
         kernel_ids=tuple(_text(kernel) for kernel in item.get("kernel_ids", [])),
@@ -99,11 +102,21 @@ def _decode_attachment(item: dict[str, Any], uid: int) -> Attachment:
         device_index=int(item["device"]),
         eid=_text(item["eid"]),
         uid=uid,
-        time=float(item["time"]),
+        time=_time(item["time"]),
         gpu_memory=_optional_text(item.get("gpu_memory")),
         over_subscribed=bool(item.get("over_subscribed", False)),
         device_uuid=_optional_text(item.get("uuid")),
     )
+
+
+def _time(value: Any) -> float:
+    """Seconds since the epoch; NaN or infinity would break every printed time."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a time in seconds, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result) or result < 0:
+        raise ValueError(f"time {value!r} is out of range")
+    return result
 
 
 def _text(value: Any) -> str:

@@ -94,6 +94,10 @@ def read_file(dir_fd: int, name: str) -> tuple[bytes, os.stat_result] | None:
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise StateError(f"{name} is a symbolic link; remove it") from None
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise StateError(
+                f"cannot read {name}: {error.strerror}; its owner should run chmod 644 on it"
+            ) from None
         raise StateError(f"cannot read {name}: {error.strerror}") from None
     try:
         info = os.fstat(fd)
@@ -140,7 +144,6 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise
-
 
 
 def open_lock_file(dir_fd: int, name: str) -> int:

@@ -17,7 +17,7 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +30,8 @@ from genv.system import processes, users
 
 DEFAULT_STATE_DIR = "/var/tmp/genv"
 LOCK_NAME = ".lock"
-_STATE_NAME = re.compile(r"^state-(\d+)\.json$")
+# Only the canonical spelling of a uid: "state-00.json" must not pose as root's file.
+_STATE_NAME = re.compile(r"^state-(0|[1-9][0-9]*)\.json$")
 
 _UNCHANGED = object()
 
@@ -46,10 +47,20 @@ def state_dir_from_env() -> Path:
 class Store:
     """The only way into the state. ``caller_uid`` decides what the caller may change."""
 
-    def __init__(self, root: Path | None = None, caller_uid: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        caller_uid: int | None = None,
+        is_running: Callable[[int, float | None], bool] | None = None,
+    ) -> None:
+        """``is_running(pid, start_time)`` decides liveness; the daemon passes a cheaper one."""
         self.root = Path(root) if root is not None else state_dir_from_env()
         self.caller_uid = os.getuid() if caller_uid is None else caller_uid
         self._dir_fd: int | None = None
+        self._is_running = is_running or processes.is_running
+        # Decoded files by (inode, mtime, size, owner): files are replaced by rename, so an
+        # unchanged key means unchanged records, and a long-lived reader skips the parsing.
+        self._decoded: dict[str, tuple[tuple[int, int, int, int], tuple[list, list]]] = {}
 
     # -- reading -----------------------------------------------------------------------
 
@@ -77,6 +88,10 @@ class Store:
                 continue
             uid = int(match.group(1))
             path = str(self.root / name)
+            cached = self._cached(dir_fd, name, uid)
+            if cached is not None:
+                per_user[uid] = cached
+                continue
             try:
                 found = safefs.read_file(dir_fd, name)
             except StateError as error:
@@ -86,12 +101,21 @@ class Store:
                 continue
             data, info = found
             if info.st_uid not in (uid, 0):
+                # Planted by another user: it tells nothing about ``uid``, whose records are
+                # therefore known (none). The problem carries no uid, so it blocks nobody:
+                # root's next write replaces the file, and a user's write is refused cleanly.
                 problems.append(
-                    StateProblem(path, uid, f"belongs to uid {info.st_uid}, not {uid}; ignored")
+                    StateProblem(
+                        path,
+                        None,
+                        f"belongs to uid {info.st_uid}, not {uid}; ignored. "
+                        f"An admin should remove it: rm {path}",
+                    )
                 )
                 continue
             try:
                 per_user[uid] = records.decode(data, uid)
+                self._decoded[name] = (_stat_key(info), per_user[uid])
             except records.RecordError as error:
                 problems.append(
                     StateProblem(
@@ -101,8 +125,21 @@ class Store:
                         f"to start over: mv {path} {path}.bad",
                     )
                 )
-        state = _live_state(per_user, problems)
+        state = _live_state(per_user, problems, self._is_running)
         return state, per_user
+
+    def _cached(self, dir_fd: int, name: str, uid: int) -> tuple[list, list] | None:
+        entry = self._decoded.get(name)
+        if entry is None:
+            return None
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if entry[0] != _stat_key(info) or info.st_uid not in (uid, 0):
+            del self._decoded[name]
+            return None
+        return list(entry[1][0]), list(entry[1][1])
 
     # -- writing -----------------------------------------------------------------------
 
@@ -143,16 +180,21 @@ def _flock(fd: int, timeout: float | None, path: Path) -> None:
             time.sleep(0.02)
 
 
+def _stat_key(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_ino, info.st_mtime_ns, info.st_size, info.st_uid)
+
+
 def _live_state(
     per_user: dict[int, tuple[list[Environment], list[Attachment]]],
     problems: list[StateProblem],
+    is_running: Callable[[int, float | None], bool],
 ) -> State:
     """Only what is still alive: environments with a running process or kernel."""
     kernels: set[str] | None = None
     environments: list[Environment] = []
     for envs, _ in per_user.values():
         for env in envs:
-            running = tuple(p for p in env.processes if processes.is_running(p))
+            running = tuple(p for p in env.processes if is_running(p.pid, p.start_time))
             live_kernels: tuple[str, ...] = ()
             if env.kernel_ids:
                 if kernels is None:
@@ -209,8 +251,22 @@ class Transaction:
     def environment(self, eid: str) -> Environment:
         env = self.view().environment(eid, prefer_uid=self.caller_uid)
         if env is None:
+            if self.caller_uid in self.state.unreadable_uids:
+                # The caller's own records are unknown: say why, not "does not exist".
+                raise StateError(self._unreadable_line(self.caller_uid))
             raise NotFound(f"environment {eid} does not exist")
         return env
+
+    def check_may_change(self, env: Environment) -> None:
+        """Raise unless the caller may change ``env`` (its owner, or root)."""
+        self._check_may_change(env.uid, f"environment {env.eid}")
+
+    def _unreadable_line(self, uid: int) -> str:
+        """One line naming the unusable state file of ``uid`` and how to recover."""
+        for problem in self.state.problems:
+            if problem.uid == uid:
+                return f"nothing was changed: {problem.line()}"
+        return f"nothing was changed: the state file of uid {uid} cannot be read"
 
     def _check_may_change(self, env_uid: int, what: str) -> None:
         if not self.is_root and env_uid != self.caller_uid:
@@ -220,10 +276,7 @@ class Transaction:
                 "may change it"
             )
         if env_uid in self.state.unreadable_uids:
-            raise StateError(
-                f"the state file of uid {env_uid} cannot be read, so it is not changed; "
-                "see the line above for how to recover"
-            )
+            raise StateError(self._unreadable_line(env_uid))
 
     def _put(self, env: Environment) -> None:
         self._environments = [
@@ -291,6 +344,8 @@ class Transaction:
                 kept = tuple(k for k in env.kernel_ids if k != kernel_id)
                 self._put(replace(env, kernel_ids=kept))
                 changed.append(env.eid)
+        if not changed and self.caller_uid in self.state.unreadable_uids:
+            raise StateError(self._unreadable_line(self.caller_uid))
         return changed
 
     def configure(

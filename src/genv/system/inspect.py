@@ -10,16 +10,25 @@ import psutil
 
 from genv.domain.snapshot import ProcessFacts
 from genv.system import users
+from genv.system.watch import ProcessWatcher
 
 ENV_VAR = "GENV_ENVIRONMENT_ID"
 
 
 class ProcessInspector:
-    def __init__(self) -> None:
+    def __init__(self, watcher: ProcessWatcher | None = None) -> None:
         self._cache: dict[int, ProcessFacts] = {}
+        self._watcher = watcher
 
     def facts(self, pid: int) -> ProcessFacts | None:
         """Facts about ``pid``, or None when it is gone; what cannot be read is marked."""
+        cached = self._cache.get(pid)
+        if (
+            cached is not None
+            and self._watcher is not None
+            and self._watcher.is_running(pid, cached.start_time)
+        ):
+            return cached  # the very process we read before: nothing to read again
         try:
             process = psutil.Process(pid)
             started = process.create_time()

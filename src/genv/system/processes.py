@@ -7,8 +7,6 @@ import re
 
 import psutil
 
-from genv.domain.models import RegisteredProcess
-
 # Two reads of one process's start time agree exactly; a reused pid starts later.
 START_TIME_TOLERANCE = 0.05
 
@@ -25,12 +23,12 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-def is_running(process: RegisteredProcess) -> bool:
-    """Whether the very process that was registered still runs (not a reuse of its pid)."""
-    if process.start_time is None:
-        return psutil.pid_exists(process.pid)
-    current = start_time(process.pid)
-    return current is not None and abs(current - process.start_time) <= START_TIME_TOLERANCE
+def is_running(pid: int, started: float | None) -> bool:
+    """Whether the very process that started at ``started`` still runs (not a reuse of its pid)."""
+    if started is None:
+        return psutil.pid_exists(pid)
+    current = start_time(pid)
+    return current is not None and abs(current - started) <= START_TIME_TOLERANCE
 
 
 def running_kernel_ids() -> set[str]:

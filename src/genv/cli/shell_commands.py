@@ -1,0 +1,449 @@
+"""User commands that act on the current shell: activate, deactivate, attach, detach, config,
+status, home and shell.
+
+A program cannot change the variables of the shell that runs it, so the ``genv`` shell function
+(``genv shell --init``) runs these commands with ``_GENV_SHELL_PID`` set and evaluates what
+they print on stdout: shell code. Text for the user goes out as ``printf`` lines in that code,
+errors go to stderr and leave the shell untouched. Run as a plain program the same commands
+change the state but print no code, and activate/deactivate refuse, since they would be
+pointless.
+
+Only argparse, os and sys are imported at the top: ``genv shell --init`` runs in every new
+shell and must not pay for the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+SHELL_PID = "_GENV_SHELL_PID"  # set by the shell function, for that one command
+SHELL_PROMPT = "_GENV_PS1"  # the shell's prompt, which is seldom exported
+SHELL_PROMPT_SET = "_GENV_PS1_SET"  # "1" when the shell has a PS1 at all (even empty)
+SHELL_STATE = "GENV_SHELL_STATE"  # what activation changed, so deactivation can undo it
+PROMPT_PREFIX = "(genv) "
+INIT_COMMAND = 'eval "$(genv shell --init)"'
+_PLACEHOLDER = "__GENV__"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    ADDERS[command](parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return RUNNERS[args.command](args)
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def _add_activate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eid", "--id", dest="eid", metavar="EID",
+                        help="Join (or create) this environment; default: a new one")
+    parser.add_argument("--name", help="Environment name")
+    parser.add_argument("--gpus", type=int, metavar="N", help="Number of devices to attach")
+    parser.add_argument("--gpu-memory", metavar="AMOUNT",
+                        help="Device memory capacity of the environment (e.g. 4g)")
+    parser.add_argument("--no-prompt", action="store_true", help="Leave the prompt as it is")
+    parser.add_argument("--no-attach", action="store_true", help="Do not attach devices")
+    parser.add_argument("-o", "--over-subscribe", action="store_true",
+                        help="Share devices other environments hold if needed")
+    parser.add_argument("--no-load", action="store_true",
+                        help="Do not load the project's saved configuration (.genv/)")
+
+
+def _add_attach(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--config", action="store_true",
+                      help="Attach as many devices as configured (the default)")
+    mode.add_argument("--count", type=int, metavar="N", help="Total number of devices wanted")
+    mode.add_argument("--index", type=int, metavar="I", help="Attach the device with this index")
+    mode.add_argument("--refresh", action="store_true",
+                      help="Only bring this shell's variables up to date")
+    parser.add_argument("-o", "--over-subscribe", action="store_true",
+                        help="Share devices other environments hold if needed")
+
+
+def _add_detach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", type=int, metavar="I",
+                        help="Detach this device only (default: all)")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("field", nargs="?", choices=("name", "gpus", "gpu-memory"),
+                        help="The field to show, set or clear (default: all)")
+    parser.add_argument("value", nargs="?", help="The new value of the field")
+    parser.add_argument("--clear", action="store_true", help="Clear the field (or all)")
+    parser.add_argument("-q", "--quiet", "--refresh", dest="quiet", action="store_true",
+                        help="Print nothing")
+    parser.add_argument("--save", action="store_true",
+                        help="Save the configuration in the project folder (.genv/)")
+    parser.add_argument("--load", action="store_true",
+                        help="Load the configuration saved in the project folder (.genv/)")
+
+
+def _add_nothing(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _add_shell(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init", action="store_true",
+                        help="Print the shell code that defines the genv function (bash, zsh)")
+    parser.add_argument("--shell", choices=("bash", "zsh"), help=argparse.SUPPRESS)
+    # The nvidia-smi shim runs `genv shell --nvidia-smi ARGS...` inside an environment.
+    parser.add_argument("--nvidia-smi", dest="nvidia_smi", nargs=argparse.REMAINDER,
+                        help=argparse.SUPPRESS)
+
+
+# -- shell code -----------------------------------------------------------------------------
+
+
+def quote(text: str) -> str:
+    """``text`` as one shell word that bash and zsh read back unchanged."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+class Script:
+    """Shell code for the genv function to evaluate, or plain output without the function."""
+
+    def __init__(self, shell: bool) -> None:
+        self.shell = shell
+        self.lines: list[str] = []
+
+    def export(self, name: str, value: str | None) -> None:
+        self.lines.append(f"unset {name}" if value is None else f"export {name}={quote(value)}")
+
+    def assign(self, name: str, value: str | None) -> None:
+        """Set a shell variable without touching whether it is exported (the prompt)."""
+        self.lines.append(f"unset {name}" if value is None else f"{name}={quote(value)}")
+
+    def echo(self, text: str) -> None:
+        if self.shell:
+            self.lines.append(f"printf '%s\\n' {quote(text)}")
+        else:
+            print(text)
+
+    def emit(self) -> None:
+        if self.shell and self.lines:
+            sys.stdout.write("\n".join(self.lines) + "\n")
+
+
+def _shell_pid() -> int | None:
+    text = os.environ.get(SHELL_PID, "")
+    return int(text) if text.isdigit() else None
+
+
+def _require_shell(command: str) -> int | None:
+    """The shell's pid, or None after telling the user how to set the shell up."""
+    pid = _shell_pid()
+    if pid is None:
+        print(
+            f"genv: `genv {command}` changes your shell, which needs genv's shell function; "
+            "set it up with (and add it to ~/.bashrc or ~/.zshrc):\n"
+            f"    {INIT_COMMAND}",
+            file=sys.stderr,
+        )
+    return pid
+
+
+def _prompt() -> str | None:
+    """The shell's current prompt as the function passed it; None when it has none."""
+    if os.environ.get(SHELL_PROMPT_SET) != "1":
+        return None
+    return os.environ.get(SHELL_PROMPT, "")
+
+
+def _update_variables(script: Script, eid: str) -> None:
+    """Export the environment's variables as the store has them now (devices, config)."""
+    from genv.shell import session
+    from genv.store import Store
+
+    env, indices = session.environment(Store(), eid)
+    for name, value in session.variables(eid, indices, env.config).items():
+        if name != session.ENVIRONMENT_ID:
+            script.export(name, value)
+
+
+# -- activate / deactivate ------------------------------------------------------------------
+
+
+def _activate(args: argparse.Namespace) -> int:
+    import json
+
+    from genv.shell import session
+    from genv.store import Store
+
+    shell_pid = _require_shell("activate")
+    if shell_pid is None:
+        return 1
+    active = session.current_eid()
+    if active is not None:
+        raise session.ShellError(
+            f"already running in environment {active}; run `genv deactivate` first"
+        )
+    changes: dict[str, str | int | None] = {}
+    if args.name is not None:
+        changes["name"] = session.check_value("name", args.name)
+    if args.gpus is not None:
+        changes["gpus"] = session.check_value("gpus", str(args.gpus))
+    if args.gpu_memory is not None:
+        changes["gpu_memory"] = session.check_value("gpu-memory", args.gpu_memory)
+    project = None
+    if not args.no_load:
+        home = session.find_home()
+        project = session.read_project(home) if home is not None else None
+    eid = args.eid or str(shell_pid)
+    env, indices = session.activate(
+        Store(), eid, shell_pid, changes, project,
+        attach=not args.no_attach, over_subscribe=args.over_subscribe,
+    )
+
+    shims = session.shims_dir()
+    old_path = os.environ.get("PATH")
+    new_path = f"{shims}:{old_path}" if old_path else shims
+    old_prompt = _prompt()
+    new_prompt = None if args.no_prompt else PROMPT_PREFIX + (old_prompt or "")
+    saved = {name: os.environ.get(name) for name in (*session.VARIABLES, "PATH")}
+    state = {"saved": saved, "path": new_path, "shims": shims,
+             "prompt": [old_prompt, new_prompt]}
+
+    script = Script(shell=True)
+    script.export(SHELL_STATE, json.dumps(state, separators=(",", ":")))
+    for name, value in session.variables(eid, indices, env.config).items():
+        script.export(name, value)
+    script.export("PATH", new_path)
+    if new_prompt is not None:
+        script.assign("PS1", new_prompt)
+    script.emit()
+    return 0
+
+
+def _deactivate(args: argparse.Namespace) -> int:
+    from genv.shell import session
+    from genv.store import Store, StoreError
+
+    shell_pid = _require_shell("deactivate")
+    if shell_pid is None:
+        return 1
+    session.require_eid()
+    try:
+        with Store().transaction() as tx:
+            tx.deactivate(pid=shell_pid)
+    except StoreError as error:  # leaving must work even when the state cannot be changed
+        print(f"genv: warning: {error}", file=sys.stderr)
+    script = Script(shell=True)
+    _restore(script, _load_state(), session)
+    script.emit()
+    return 0
+
+
+def _load_state() -> dict:
+    import json
+
+    try:
+        state = json.loads(os.environ.get(SHELL_STATE, ""))
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _restore(script: Script, state: dict, session) -> None:  # noqa: ANN001 (lazy module)
+    """Put back what activation changed; keep what the user changed since, where we can.
+
+    PATH and the prompt return to their exact old values when they are still what activation
+    made them; otherwise only the shims entry and the ``(genv)`` prefix are taken out.
+    """
+    saved = state.get("saved") if isinstance(state.get("saved"), dict) else {}
+    for name in session.VARIABLES:
+        value = saved.get(name)
+        script.export(name, value if isinstance(value, str) else None)
+
+    path = os.environ.get("PATH")
+    if "PATH" in saved and path == state.get("path"):
+        script.export("PATH", saved["PATH"])
+    elif path is not None:
+        shims = state.get("shims") or session.shims_dir()
+        entries = path.split(":")
+        if shims in entries:
+            entries.remove(shims)
+            script.export("PATH", ":".join(entries))
+
+    prompts = state.get("prompt")
+    old_prompt, new_prompt = prompts if isinstance(prompts, list) and len(prompts) == 2 else (
+        None, PROMPT_PREFIX)
+    current = _prompt()
+    if new_prompt is not None and current is not None:
+        if current == new_prompt:
+            script.assign("PS1", old_prompt)
+        elif current.startswith(PROMPT_PREFIX):
+            script.assign("PS1", current[len(PROMPT_PREFIX):])
+    script.export(SHELL_STATE, None)
+
+
+# -- attach / detach / config ---------------------------------------------------------------
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from genv.shell import session
+    from genv.store import Store
+
+    eid = session.require_eid()
+    if not args.refresh:
+        session.attach_devices(Store(), eid, count=args.count, index=args.index,
+                               over_subscribe=args.over_subscribe)
+    script = Script(shell=_shell_pid() is not None)
+    _update_variables(script, eid)
+    script.emit()
+    return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    from genv.core import devices
+    from genv.shell import session
+    from genv.store import Store
+
+    eid = session.require_eid()
+    devices.detach(Store(), eid, args.index)
+    script = Script(shell=_shell_pid() is not None)
+    _update_variables(script, eid)
+    script.emit()
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from genv.shell import session
+    from genv.store import Store
+
+    if args.value is not None and args.clear:
+        raise session.ShellError("give either a value or --clear, not both")
+    eid = session.require_eid()
+    store = Store()
+    settings: dict[str, str | int | None] = {}
+    if args.load:
+        settings.update(session.read_project(session.require_home()))
+    if args.field is not None and args.clear:
+        settings[session.field_key(args.field)] = None
+    elif args.field is not None and args.value is not None:
+        settings[session.field_key(args.field)] = session.check_value(args.field, args.value)
+    elif args.field is None and args.clear:
+        settings.update({session.field_key(field): None for field in session.CONFIG_FIELDS})
+    if settings:
+        with store.transaction() as tx:
+            env = tx.configure(eid, **settings)
+    else:
+        env, _ = session.environment(store, eid)
+    if args.save:
+        session.write_project(session.find_home() or _new_home(), env.config)
+
+    script = Script(shell=_shell_pid() is not None)
+    if not args.quiet and not args.clear:
+        if args.field is None:
+            for line in session.config_lines(env.config):
+                script.echo(line)
+        elif args.value is None:
+            value = getattr(env.config, session.field_key(args.field))
+            if value is not None:
+                script.echo(str(value))
+    if script.shell:
+        _update_variables(script, eid)
+    script.emit()
+    return 0
+
+
+def _new_home():  # noqa: ANN202 (pathlib is imported lazily)
+    from pathlib import Path
+
+    from genv.shell import session
+
+    return Path.cwd() / session.PROJECT_DIR
+
+
+# -- status / home / shell ------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    from genv.shell import session
+    from genv.store import Store
+
+    eid = session.current_eid()
+    if eid is None:
+        print("Environment is not active")
+        return 0
+    env, indices = session.environment(Store(), eid)
+    config = env.config
+    attached = (f"Attached to GPUs at indices {','.join(str(i) for i in indices)}"
+                if indices else "Detached from GPUs")
+    print(
+        f"Environment is active ({eid})\n"
+        f"{attached}\n"
+        "\n"
+        "Configuration\n"
+        f"    Name: {config.name or 'N/A'}\n"
+        f"    Device count: {'N/A' if config.gpus is None else config.gpus}\n"
+        f"    GPU memory capacity: {config.gpu_memory or 'N/A'}\n"
+    )
+    return 0
+
+
+def _home(args: argparse.Namespace) -> int:
+    from genv.shell import session
+
+    print(session.require_home())
+    return 0
+
+
+def _shell(args: argparse.Namespace) -> int:
+    if args.nvidia_smi is not None:
+        from genv.shell import smi
+
+        return smi.main(args.nvidia_smi)
+    if args.init:
+        sys.stdout.write(init_script())
+        return 0
+    if _shell_pid() is None:
+        _require_shell("shell")
+        return 1
+    print("This shell is set up for genv")
+    return 0
+
+
+def init_script() -> str:
+    """The init script, calling this very genv so no PATH lookup (or pyenv shim) is paid."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "shell", "init.sh")
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    return text.replace(_PLACEHOLDER, genv_command())
+
+
+def genv_command() -> str:
+    """Shell words that run this genv: its script when it was started as one, else -m."""
+    program = sys.argv[0] if sys.argv else ""
+    if (os.path.basename(program).startswith("genv") and os.path.isfile(program)
+            and os.access(program, os.X_OK)):
+        return quote(os.path.abspath(program))
+    return f"{quote(sys.executable)} -m genv"
+
+
+ADDERS = {
+    "activate": _add_activate,
+    "attach": _add_attach,
+    "config": _add_config,
+    "deactivate": _add_nothing,
+    "detach": _add_detach,
+    "home": _add_nothing,
+    "shell": _add_shell,
+    "status": _add_nothing,
+}
+
+RUNNERS = {
+    "activate": _activate,
+    "attach": _attach,
+    "config": _config,
+    "deactivate": _deactivate,
+    "detach": _detach,
+    "home": _home,
+    "shell": _shell,
+    "status": _status,
+}

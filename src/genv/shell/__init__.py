@@ -1,0 +1,1 @@
+"""Shell integration: the init script, the variables of an active environment, the shims."""

@@ -1,0 +1,95 @@
+"""Knowing cheaply, cycle after cycle, which processes are still the ones we saw.
+
+A pidfd names one process for as long as it is held, and becomes readable when that process
+exits. Holding one per known process lets the daemon learn with a single ``poll`` which of
+thousands exited, instead of re-reading /proc for each of them every cycle; while a process is
+alive its pid cannot be reused, so what was read about it stays true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+
+from genv.system.processes import START_TIME_TOLERANCE, start_time
+
+
+def raise_open_file_limit() -> None:
+    """The daemon holds one descriptor per GPU process: allow as many as the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class ProcessWatcher:
+    """Tracks processes as (pid, start time); ``refresh`` once per cycle, then ask freely."""
+
+    def __init__(self, max_watched: int | None = None) -> None:
+        self._fds: dict[tuple[int, float], int] = {}
+        self._by_fd: dict[int, tuple[int, float]] = {}
+        self._poll = select.poll()
+        self._supported = hasattr(os, "pidfd_open")
+        self._max = max_watched if max_watched is not None else _fd_budget()
+        self._asked: set[tuple[int, float]] = set()
+
+    def refresh(self) -> None:
+        """Start a cycle: forget processes nobody asked about during the last one, and drop
+        every watched process that exited (one system call for all of them)."""
+        for key in [key for key in self._fds if key not in self._asked]:
+            self._drop(key)
+        self._asked = set()
+        if not self._fds:
+            return
+        for fd, _ in self._poll.poll(0):
+            key = self._by_fd.get(fd)
+            if key is not None:
+                self._drop(key)
+
+    def is_running(self, pid: int, started: float | None) -> bool:
+        """Whether the process ``pid`` that started at ``started`` still runs."""
+        if started is None:
+            return start_time(pid) is not None
+        self._asked.add((pid, started))
+        if (pid, started) in self._fds:
+            return True
+        current = start_time(pid)
+        if current is None or abs(current - started) > START_TIME_TOLERANCE:
+            return False
+        self._watch(pid, started)
+        return True
+
+    def _watch(self, pid: int, started: float) -> None:
+        if not self._supported or len(self._fds) >= self._max:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        # The pidfd names whoever had the pid when it was opened: check it is still the same.
+        current = start_time(pid)
+        if current is None or abs(current - started) > START_TIME_TOLERANCE:
+            os.close(fd)
+            return
+        self._fds[(pid, started)] = fd
+        self._by_fd[fd] = (pid, started)
+        self._poll.register(fd, select.POLLIN)
+
+    def _drop(self, key: tuple[int, float]) -> None:
+        fd = self._fds.pop(key)
+        del self._by_fd[fd]
+        self._poll.unregister(fd)
+        os.close(fd)
+
+    def close(self) -> None:
+        for key in list(self._fds):
+            self._drop(key)
+
+
+def _fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - 256)  # leave room for everything else the daemon opens

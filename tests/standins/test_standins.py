@@ -1,0 +1,846 @@
+"""The stand-ins for NVIDIA's tools: standins/nvidia-smi and standins/libnvidia-ml.
+
+Both present the simulated machine described by the JSON file named in GENV_FAKE_MACHINE.
+NVML is exercised through nvidia-ml-py (pynvml) in a child process, because the library is
+found through LD_LIBRARY_PATH, which must be set before a process starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDINS = ROOT / "standins"
+NVIDIA_SMI = STANDINS / "nvidia-smi"
+BUILD = STANDINS / "build-nvml.sh"
+PEER_SHIM = Path("/opt/genv-peer/lib/python3.11/site-packages/genv/shims/nvidia-smi")
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+NOT_MIG = 0xFFFFFFFF
+
+
+def default_uuid(index: int) -> str:
+    return f"GPU-00000000-0000-0000-0000-{index:012x}"
+
+
+def write_machine(path: Path, description: dict | str) -> None:
+    """Writes the description atomically, as the stand-ins expect."""
+    text = description if isinstance(description, str) else json.dumps(description)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nvml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly built libnvidia-ml.so.1 (the build must be free of warnings)."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler (cc) to build the NVML stand-in")
+    out = tmp_path_factory.mktemp("nvml")
+    result = subprocess.run(
+        ["sh", str(BUILD), str(out)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    assert (out / "libnvidia-ml.so.1").is_file()
+    return out
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Path:
+    return tmp_path / "machine.json"
+
+
+@pytest.fixture
+def sleepers():
+    """Starts real processes to put on the simulated GPUs; all are killed at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(["sleep", "300"])
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def kill(process: subprocess.Popen) -> None:
+    """Kills and reaps a process: a zombie still answers kill(pid, 0)."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def dead_pid() -> int:
+    """A pid that no process has now."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+# ---- NVML through pynvml -------------------------------------------------------------------
+
+# Runs in the child. Each line on stdin is a command; the answer is one JSON line.
+PROBE = textwrap.dedent(
+    """
+    import ctypes, json, sys
+    import pynvml as n
+
+    def attempt(call, *args):
+        try:
+            return call(*args)
+        except n.NVMLError as error:
+            return {"error": type(error).__name__, "value": error.value, "text": str(error)}
+
+    def procs(call, handle):
+        result = attempt(call, handle)
+        if isinstance(result, dict):
+            return result
+        return [[p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId] for p in result]
+
+    def device(handle):
+        if isinstance(handle, dict):
+            return handle
+        memory = attempt(n.nvmlDeviceGetMemoryInfo, handle)
+        memory2 = attempt(n.nvmlDeviceGetMemoryInfo, handle, n.nvmlMemory_v2)
+        return {
+            "index": attempt(n.nvmlDeviceGetIndex, handle),
+            "uuid": attempt(n.nvmlDeviceGetUUID, handle),
+            "name": attempt(n.nvmlDeviceGetName, handle),
+            "memory": memory if isinstance(memory, dict)
+            else [memory.total, memory.free, memory.used],
+            "memory_v2": memory2 if isinstance(memory2, dict)
+            else [memory2.total, memory2.reserved, memory2.free, memory2.used],
+            "compute": procs(n.nvmlDeviceGetComputeRunningProcesses, handle),
+            "compute_v2": procs(n.nvmlDeviceGetComputeRunningProcesses_v2, handle),
+            "graphics": procs(n.nvmlDeviceGetGraphicsRunningProcesses, handle),
+            "mps": procs(n.nvmlDeviceGetMPSComputeRunningProcesses, handle),
+        }
+
+    handles = {}
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "init":
+            answer = attempt(n.nvmlInit)
+        elif command[0] == "shutdown":
+            answer = attempt(n.nvmlShutdown)
+        elif command[0] == "library":
+            # which file the dynamic linker mapped for libnvidia-ml.so.1
+            with open("/proc/self/maps") as maps:
+                answer = sorted({l.split()[-1] for l in maps if "libnvidia-ml" in l})
+        elif command[0] == "system":
+            answer = {
+                "driver": attempt(n.nvmlSystemGetDriverVersion),
+                "nvml": attempt(n.nvmlSystemGetNVMLVersion),
+                "cuda": attempt(n.nvmlSystemGetCudaDriverVersion),
+                "cuda_v2": attempt(n.nvmlSystemGetCudaDriverVersion_v2),
+            }
+        elif command[0] == "snapshot":
+            count = attempt(n.nvmlDeviceGetCount)
+            if isinstance(count, dict):
+                answer = {"count": count}
+            else:
+                handles = {i: attempt(n.nvmlDeviceGetHandleByIndex, i) for i in range(count)}
+                answer = {"count": count, "devices": [device(h) for h in handles.values()]}
+        elif command[0] == "old-handle":
+            # a handle from the last snapshot, used after the description changed
+            answer = device(handles[int(command[1])])
+        elif command[0] == "by-uuid":
+            handle = attempt(n.nvmlDeviceGetHandleByUUID, command[1])
+            answer = device(handle)
+        elif command[0] == "raw":
+            # the C calls themselves: name, buffer records, record size, count in
+            call = getattr(n.nvmlLib, command[1])
+            records, size, count = int(command[2]), int(command[3]), int(command[4])
+            handle = n.nvmlDeviceGetHandleByIndex(0)
+            buffer = (ctypes.c_char * (records * size))() if records else None
+            c_count = ctypes.c_uint(count)
+            ret = call(handle, ctypes.byref(c_count), buffer)
+            rows = []
+            for i in range(min(c_count.value, records) if ret == 0 else 0):
+                chunk = bytes(buffer[i * size:(i + 1) * size])
+                pid = int.from_bytes(chunk[0:4], "little")
+                used = int.from_bytes(chunk[8:16], "little")
+                rows.append([pid, used] + (
+                    [int.from_bytes(chunk[16:20], "little"),
+                     int.from_bytes(chunk[20:24], "little")] if size == 24 else []))
+            answer = {"ret": ret, "count": c_count.value, "rows": rows}
+        else:
+            answer = {"unknown command": command}
+        print(json.dumps(answer), flush=True)
+    """
+)
+
+
+class Probe:
+    """A child Python with pynvml, LD_LIBRARY_PATH and GENV_FAKE_MACHINE set at its start."""
+
+    def __init__(self, nvml_dir: Path, machine: Path | None, extra_env: dict | None = None):
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(nvml_dir)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        )
+        env.pop("GENV_FAKE_MACHINE", None)
+        if machine is not None:
+            env["GENV_FAKE_MACHINE"] = str(machine)
+        env.update(extra_env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", PROBE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def ask(self, command: str):
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the probe died (exit {self.process.wait()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def probe(nvml_dir: Path, machine: Path):
+    probes: list[Probe] = []
+
+    def start(env: dict | None = None, description: Path | None = machine) -> Probe:
+        started = Probe(nvml_dir, description, env)
+        probes.append(started)
+        return started
+
+    yield start
+    for started in probes:
+        started.close()
+
+
+def test_pynvml_loads_the_stand_in(probe, machine: Path, nvml_dir: Path) -> None:
+    write_machine(machine, {"devices": [{"total_memory": "80gi"}]})
+    nvml = probe()
+    assert nvml.ask("init") is None
+    mapped = nvml.ask("library")
+    assert mapped == [str((nvml_dir / "libnvidia-ml.so.1").resolve())]
+    assert nvml.ask("system") == {
+        "driver": "535.183.01",
+        "nvml": "12.535.183.01",
+        "cuda": 12020,
+        "cuda_v2": 12020,
+    }
+    assert nvml.ask("shutdown") is None
+    assert nvml.ask("shutdown")["error"] == "NVMLError_Uninitialized"
+
+
+def test_devices(probe, machine: Path) -> None:
+    write_machine(
+        machine,
+        {
+            "devices": [
+                {"total_memory": "80gi"},
+                {"total_memory": 16000000000, "uuid": "GPU-1234", "name": "Tesla \u00e9"},
+                {"total_memory": "1000m", "uuid": None, "name": None, "extra": {"x": [1, {}]}},
+            ],
+            "comment": ["unknown keys are skipped", 1.5e3, True, None],
+        },
+    )
+    nvml = probe()
+    assert nvml.ask("init") is None
+    snapshot = nvml.ask("snapshot")
+    assert snapshot["count"] == 3
+    devices = snapshot["devices"]
+    assert [d["index"] for d in devices] == [0, 1, 2]
+    assert [d["uuid"] for d in devices] == [default_uuid(0), "GPU-1234", default_uuid(2)]
+    assert [d["name"] for d in devices] == ["Simulated GPU", "Tesla \u00e9", "Simulated GPU"]
+    assert devices[0]["memory"] == [80 * GIB, 80 * GIB, 0]
+    assert devices[0]["memory_v2"] == [80 * GIB, 0, 80 * GIB, 0]
+    assert devices[1]["memory"] == [16000000000, 16000000000, 0]
+    assert devices[2]["memory"] == [1000**3, 1000**3, 0]
+    for device in devices:
+        for kind in ("compute", "compute_v2", "graphics", "mps"):
+            assert device[kind] == []
+    assert nvml.ask("by-uuid GPU-1234")["index"] == 1
+    assert nvml.ask("by-uuid GPU-nope")["error"] == "NVMLError_NotFound"
+
+
+def test_processes(probe, machine: Path, sleepers) -> None:
+    first, second, third = sleepers(), sleepers(), sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "16gi"}, {"total_memory": "16gi"}],
+            "processes": [
+                {"pid": first.pid, "device": 0, "used_memory": "7295mi"},
+                {"pid": second.pid, "device": 0, "used_memory": 1048576},
+                {"pid": third.pid, "device": 1, "used_memory": "2g"},
+                {"pid": dead_pid(), "device": 1, "used_memory": "1gi"},
+                {"pid": first.pid, "device": 7, "used_memory": "1gi"},
+            ],
+        },
+    )
+    nvml = probe()
+    assert nvml.ask("init") is None
+    devices = nvml.ask("snapshot")["devices"]
+    used0 = 7295 * MIB + MIB
+    assert devices[0]["compute"] == [
+        [first.pid, 7295 * MIB, NOT_MIG, NOT_MIG],
+        [second.pid, MIB, NOT_MIG, NOT_MIG],
+    ]
+    assert devices[0]["compute_v2"] == devices[0]["compute"]
+    assert devices[0]["memory"] == [16 * GIB, 16 * GIB - used0, used0]
+    assert devices[0]["memory_v2"] == [16 * GIB, 0, 16 * GIB - used0, used0]
+    assert devices[1]["compute"] == [[third.pid, 2 * 1000**3, NOT_MIG, NOT_MIG]]
+    assert devices[1]["memory"] == [16 * GIB, 16 * GIB - 2 * 1000**3, 2 * 1000**3]
+    for device in devices:
+        assert device["graphics"] == []
+        assert device["mps"] == []
+
+    # a process that ends drops out, without any change to the description
+    kill(second)
+    devices = nvml.ask("snapshot")["devices"]
+    assert devices[0]["compute"] == [[first.pid, 7295 * MIB, NOT_MIG, NOT_MIG]]
+    assert devices[0]["memory"][2] == 7295 * MIB
+
+
+def test_two_call_protocol(probe, machine: Path, sleepers) -> None:
+    pids = [sleepers().pid for _ in range(3)]
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "16gi"}],
+            "processes": [{"pid": pid, "device": 0, "used_memory": "1mi"} for pid in pids],
+        },
+    )
+    nvml = probe()
+    assert nvml.ask("init") is None
+    insufficient, success, invalid = 7, 0, 2
+    for name, size in [
+        ("nvmlDeviceGetComputeRunningProcesses", 16),
+        ("nvmlDeviceGetComputeRunningProcesses_v2", 24),
+        ("nvmlDeviceGetComputeRunningProcesses_v3", 24),
+    ]:
+        # ask the count with no buffer
+        assert nvml.ask(f"raw {name} 0 {size} 0") == {"ret": insufficient, "count": 3, "rows": []}
+        # a buffer too small
+        assert nvml.ask(f"raw {name} 2 {size} 2") == {"ret": insufficient, "count": 3, "rows": []}
+        # a count with no buffer
+        assert nvml.ask(f"raw {name} 0 {size} 5")["ret"] == invalid
+        # a big enough buffer: the count becomes the number written
+        answer = nvml.ask(f"raw {name} 8 {size} 8")
+        assert answer["ret"] == success
+        assert answer["count"] == 3
+        tail = [NOT_MIG, NOT_MIG] if size == 24 else []
+        assert answer["rows"] == [[pid, MIB, *tail] for pid in pids]
+    for name in (
+        "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+    ):
+        # nothing to report: a count of 0 with no buffer is a success
+        assert nvml.ask(f"raw {name} 0 24 0") == {"ret": success, "count": 0, "rows": []}
+
+
+def test_description_is_read_again(probe, machine: Path, sleepers) -> None:
+    sleeper = sleepers()
+    write_machine(machine, {"devices": [{"total_memory": "8gi"}]})
+    nvml = probe()
+    assert nvml.ask("init") is None
+    assert nvml.ask("snapshot")["count"] == 1
+
+    # a device added while the program runs shows up
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "8gi"}, {"total_memory": "24gi", "uuid": "GPU-new"}],
+            "processes": [{"pid": sleeper.pid, "device": 1, "used_memory": "3gi"}],
+        },
+    )
+    snapshot = nvml.ask("snapshot")
+    assert snapshot["count"] == 2
+    assert snapshot["devices"][1]["uuid"] == "GPU-new"
+    assert snapshot["devices"][1]["compute"] == [[sleeper.pid, 3 * GIB, NOT_MIG, NOT_MIG]]
+
+    # a device removed: its handle is lost; the others keep theirs, with the new index
+    write_machine(machine, {"devices": [{"total_memory": "24gi", "uuid": "GPU-new"}]})
+    lost = nvml.ask("old-handle 0")
+    assert {answer["error"] for answer in lost.values()} == {"NVMLError_GpuIsLost"}
+    moved = nvml.ask("old-handle 1")
+    assert moved["index"] == 0
+    assert moved["uuid"] == "GPU-new"
+    assert nvml.ask("snapshot")["count"] == 1
+
+    # a broken description is an error; the last good one is kept for the handles
+    write_machine(machine, '{"devices": [')
+    assert nvml.ask("snapshot")["count"]["error"] == "NVMLError_Unknown"
+    machine.unlink()
+    assert nvml.ask("snapshot")["count"]["error"] == "NVMLError_DriverNotLoaded"
+    write_machine(machine, {"devices": [{"total_memory": "1gi"}]})
+    assert nvml.ask("snapshot")["count"] == 1
+
+
+@pytest.mark.parametrize("setup", ["unset", "missing", "corrupt"])
+def test_no_description_at_init(probe, machine: Path, setup: str) -> None:
+    if setup == "corrupt":
+        write_machine(machine, "{not json")
+    nvml = probe(description=None if setup == "unset" else machine)
+    answer = nvml.ask("init")
+    assert answer["error"] == "NVMLError_DriverNotLoaded"
+    assert answer["text"] == "Driver Not Loaded"
+    assert nvml.ask("snapshot")["count"]["error"] == "NVMLError_Uninitialized"
+
+
+# ---- the same descriptions, valid and invalid, for both stand-ins -------------------------
+
+VALID = [
+    # (description text, [(uuid, total bytes)])
+    ('{"devices": [{"total_memory": "4g"}]}', [(default_uuid(0), 4 * 1000**3)]),
+    ('{"devices": [{"total_memory": "42MI"}]}', [(default_uuid(0), 42 * MIB)]),
+    ('{"devices": [{"total_memory": 44040192}]}', [(default_uuid(0), 44040192)]),
+    ('{"devices": [{"total_memory": "44040192"}]}', [(default_uuid(0), 44040192)]),
+    ('{"devices": [{"total_memory": " 3 ki "}]}', [(default_uuid(0), 3072)]),
+    ('{"devices": [{"total_memory": "5b"}]}', [(default_uuid(0), 5)]),
+    ('{"devices": [{"total_memory": "7k", "uuid": "GPU-\\u0041"}]}', [("GPU-A", 7000)]),
+    ('\ufeff {"devices": [{"total_memory": "1gi"}], "processes": []} \n', [(default_uuid(0), GIB)]),
+    (
+        '{"x": {"y": [[], {}, "s\\"", -1.5e-3, null]}, "devices": [{"total_memory": "1m"}]}',
+        [(default_uuid(0), 1000**2)],
+    ),
+    ("{}", []),
+]
+
+INVALID = [
+    "",
+    "[]",
+    '{"devices": [{"total_memory": "80gi"}]',
+    '{"devices": [{"total_memory": "80gi"}]} x',
+    '{"devices": {}}',
+    '{"devices": [{}]}',
+    '{"devices": [{"total_memory": "80 gb"}]}',
+    '{"devices": [{"total_memory": "-1"}]}',
+    '{"devices": [{"total_memory": -1}]}',
+    '{"devices": [{"total_memory": 1.5}]}',
+    '{"devices": [{"total_memory": "1.5g"}]}',
+    '{"devices": [{"total_memory": true}]}',
+    '{"devices": [{"total_memory": "1g", "uuid": 3}]}',
+    '{"devices": [{"total_memory": "1g", "uuid": "GPU-a"}, {"total_memory": 1, "uuid": "GPU-a"}]}',
+    '{"devices": [{"total_memory": "1g", "name": "' + "x" * 96 + '"}]}',
+    '{"devices": [], "processes": [{"pid": 1, "device": 0}]}',
+    '{"devices": [], "processes": [{"pid": 0, "device": 0, "used_memory": 1}]}',
+    '{"devices": [], "processes": [{"pid": -5, "device": 0, "used_memory": 1}]}',
+    '{"devices": [], "processes": [{"pid": "1", "device": 0, "used_memory": 1}]}',
+    '{"devices": [], "processes": [{"pid": 1, "device": -1, "used_memory": 1}]}',
+    '{"devices": [], "processes": [{"pid": 1, "device": 0, "used_memory": "lots"}]}',
+    '{"devices": [], "processes": {}}',
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), VALID)
+def test_valid_descriptions(probe, machine: Path, text: str, expected) -> None:
+    write_machine(machine, text)
+    nvml = probe()
+    assert nvml.ask("init") is None
+    snapshot = nvml.ask("snapshot")
+    assert [(d["uuid"], d["memory"][0]) for d in snapshot["devices"]] == expected
+
+    result = smi(machine, "--query-gpu=uuid,memory.total", "--format=csv,noheader,nounits")
+    if expected:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "".join(f"{u}, {total // MIB}\n" for u, total in expected)
+    else:
+        assert (result.returncode, result.stdout) == (6, "No devices were found\n")
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_invalid_descriptions(probe, machine: Path, text: str) -> None:
+    write_machine(machine, text)
+    nvml = probe({"GENV_FAKE_NVML_DEBUG": "1"})
+    assert nvml.ask("init")["error"] == "NVMLError_DriverNotLoaded"
+
+    result = smi(machine, "--query-gpu=index", "--format=csv")
+    assert result.returncode == 9
+    assert result.stdout == ""
+    assert result.stderr.startswith("NVIDIA-SMI has failed because it couldn't communicate")
+
+
+# ---- nvidia-smi ----------------------------------------------------------------------------
+
+
+def smi(machine: Path | None, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ)
+    environment.pop("GENV_FAKE_MACHINE", None)
+    if machine is not None:
+        environment["GENV_FAKE_MACHINE"] = str(machine)
+    environment.update(env or {})
+    return subprocess.run(
+        [str(NVIDIA_SMI), *args], capture_output=True, text=True, env=environment, check=False
+    )
+
+
+@pytest.fixture
+def two_gpus(machine: Path, sleepers):
+    """Two devices; device 0 runs two processes, device 1 one; a dead pid is left out."""
+    a, b, c = sleepers(), sleepers(), sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [
+                {"total_memory": "80gi"},
+                {"total_memory": "16g", "uuid": "GPU-abc", "name": "Tesla T4"},
+            ],
+            "processes": [
+                {"pid": a.pid, "device": 0, "used_memory": "7295mi"},
+                {"pid": b.pid, "device": 0, "used_memory": "1500000000"},
+                {"pid": dead_pid(), "device": 0, "used_memory": "1gi"},
+                {"pid": c.pid, "device": 1, "used_memory": "42mi"},
+            ],
+        },
+    )
+    return a.pid, b.pid, c.pid
+
+
+def test_query_gpu(machine: Path, two_gpus) -> None:
+    used0 = (7295 * MIB + 1500000000) // MIB  # the sum in bytes, rounded down: 8725
+    total1 = 16 * 1000**3 // MIB
+    result = smi(
+        machine,
+        "--query-gpu=index,uuid,name,memory.total,memory.used,memory.free,"
+        "utilization.gpu,temperature.gpu",
+        "--format=csv",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "index, uuid, name, memory.total [MiB], memory.used [MiB], memory.free [MiB], "
+        "utilization.gpu [%], temperature.gpu\n"
+        f"0, {default_uuid(0)}, Simulated GPU, 81920 MiB, {used0} MiB, "
+        f"{(80 * GIB - 7295 * MIB - 1500000000) // MIB} MiB, 0 %, 30\n"
+        f"1, GPU-abc, Tesla T4, {total1} MiB, 42 MiB, {(16 * 1000**3 - 42 * MIB) // MIB} MiB, "
+        "0 %, 30\n"
+    )
+
+    result = smi(machine, "--query-gpu=index,memory.total", "--format=csv,nounits")
+    assert result.stdout == f"index, memory.total [MiB]\n0, 81920\n1, {total1}\n"
+    result = smi(machine, "--query-gpu=memory.used,index", "--format=csv,noheader")
+    assert result.stdout == f"{used0} MiB, 0\n42 MiB, 1\n"
+    result = smi(machine, "--query-gpu", "uuid,index", "--format", "csv,noheader,nounits")
+    assert result.stdout == f"{default_uuid(0)}, 0\nGPU-abc, 1\n"
+    # aliases, count, the bus id, and -i
+    result = smi(
+        machine, "--query-gpu=gpu_name,count,pci.bus_id", "--format=csv,noheader", "-i", "1"
+    )
+    assert result.stdout == "Tesla T4, 1, 00000000:02:00.0\n"
+
+
+def test_genv_1_4_3_commands(machine: Path, two_gpus) -> None:
+    """The exact commands genv 1.4.3 runs, and how it splits their output."""
+    a, b, c = two_gpus
+    result = smi(machine, "--query-gpu=uuid,index", "--format=csv,noheader,nounits")
+    assert dict(line.split(", ") for line in result.stdout.splitlines()) == {
+        default_uuid(0): "0",
+        "GPU-abc": "1",
+    }
+    result = smi(
+        machine,
+        "--query-compute-apps=gpu_uuid,pid,used_gpu_memory",
+        "--format=csv,noheader,nounits",
+    )
+    assert result.stdout == (
+        f"{default_uuid(0)}, {a}, 7295\n"
+        f"{default_uuid(0)}, {b}, {1500000000 // MIB}\n"
+        f"GPU-abc, {c}, 42\n"
+    )
+    result = smi(machine, "--query-gpu=memory.total", "--format=csv,noheader,nounits")
+    assert result.stdout == f"81920\n{16 * 1000**3 // MIB}\n"
+    result = smi(
+        machine,
+        "--query-gpu=index,utilization.gpu,temperature.gpu,memory.used,memory.total",
+        "--format=csv,noheader,nounits",
+    )
+    used0 = (7295 * MIB + 1500000000) // MIB
+    assert result.stdout == f"0, 0, 30, {used0}, 81920\n1, 0, 30, 42, {16 * 1000**3 // MIB}\n"
+
+
+def test_query_compute_apps(machine: Path, two_gpus) -> None:
+    a, b, c = two_gpus
+    result = smi(
+        machine,
+        "--query-compute-apps=gpu_uuid,pid,used_gpu_memory,process_name,gpu_bus_id",
+        "--format=csv",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "gpu_uuid, pid, used_gpu_memory [MiB], process_name, gpu_bus_id\n"
+        f"{default_uuid(0)}, {a}, 7295 MiB, sleep, 00000000:01:00.0\n"
+        f"{default_uuid(0)}, {b}, {1500000000 // MIB} MiB, sleep, 00000000:01:00.0\n"
+        f"GPU-abc, {c}, 42 MiB, sleep, 00000000:02:00.0\n"
+    )
+    result = smi(machine, "--query-compute-apps=pid,name,used_memory", "--format=csv", "--id=1")
+    assert result.stdout == f"pid, process_name, used_gpu_memory [MiB]\n{c}, sleep, 42 MiB\n"
+
+
+def test_query_compute_apps_none(machine: Path) -> None:
+    write_machine(machine, {"devices": [{"total_memory": "8gi"}]})
+    result = smi(machine, "--query-compute-apps=pid", "--format=csv")
+    assert (result.returncode, result.stdout) == (0, "pid\n")
+    result = smi(machine, "--query-compute-apps=pid", "--format=csv,noheader")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_killed_process_drops_out(machine: Path, sleepers) -> None:
+    first, second = sleepers(), sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "8gi"}],
+            "processes": [
+                {"pid": first.pid, "device": 0, "used_memory": "1gi"},
+                {"pid": second.pid, "device": 0, "used_memory": "2gi"},
+            ],
+        },
+    )
+    query = ("--query-compute-apps=pid,used_gpu_memory", "--format=csv,noheader,nounits")
+    assert smi(machine, *query).stdout == f"{first.pid}, 1024\n{second.pid}, 2048\n"
+    kill(first)
+    assert smi(machine, *query).stdout == f"{second.pid}, 2048\n"
+    used = smi(machine, "--query-gpu=memory.used", "--format=csv,noheader,nounits").stdout
+    assert used == "2048\n"
+
+
+def test_table(machine: Path, two_gpus) -> None:
+    a, b, c = two_gpus
+    result = smi(machine)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4} +", lines[0])
+    assert all(len(line) == 79 for line in lines[1:]), lines
+    body = "\n".join(lines[1:]) + "\n"
+    assert body == (
+        "+-----------------------------------------------------------------------------+\n"
+        "| NVIDIA-SMI 535.183.01    Driver Version: 535.183.01   CUDA Version: 12.2    |\n"
+        "|-------------------------------+----------------------+----------------------+\n"
+        "| GPU  Name        Persistence-M| Bus-Id        Disp.A | Volatile Uncorr. ECC |\n"
+        "| Fan  Temp  Perf  Pwr:Usage/Cap|         Memory-Usage | GPU-Util  Compute M. |\n"
+        "|                               |                      |               MIG M. |\n"
+        "|===============================+======================+======================|\n"
+        "|   0  Simulated GPU       Off  | 00000000:01:00.0 Off |                  N/A |\n"
+        "| N/A   30C    P0    N/A /  N/A |   8725MiB / 81920MiB |      0%      Default |\n"
+        "|                               |                      |                  N/A |\n"
+        "+-------------------------------+----------------------+----------------------+\n"
+        "|   1  Tesla T4            Off  | 00000000:02:00.0 Off |                  N/A |\n"
+        "| N/A   30C    P0    N/A /  N/A |     42MiB / 15258MiB |      0%      Default |\n"
+        "|                               |                      |                  N/A |\n"
+        "+-------------------------------+----------------------+----------------------+\n"
+        + " "
+        * 79
+        + "\n"
+        "+-----------------------------------------------------------------------------+\n"
+        "| Processes:                                                                  |\n"
+        "|  GPU   GI   CI        PID   Type   Process name                  GPU Memory |\n"
+        "|        ID   ID                                                   Usage      |\n"
+        "|=============================================================================|\n"
+        f"|    0   N/A  N/A  {a:>8}      C   sleep                            7295MiB |\n"
+        f"|    0   N/A  N/A  {b:>8}      C   sleep                            1430MiB |\n"
+        f"|    1   N/A  N/A  {c:>8}      C   sleep                              42MiB |\n"
+        "+-----------------------------------------------------------------------------+\n"
+    )
+
+
+def test_table_selected_device_and_no_processes(machine: Path, two_gpus) -> None:
+    write_machine(machine, {"devices": [{"total_memory": "8gi"}, {"total_memory": "8gi"}]})
+    lines = smi(machine, "--id=1").stdout.splitlines()
+    assert lines[8].startswith("|   1  Simulated GPU")
+    assert not any(line.startswith("|   0  ") for line in lines)
+    assert "|  No running processes found" + " " * 49 + "|" in lines
+    assert smi(machine, "-i", default_uuid(1)).stdout.count("|   1  ") == 1
+    assert smi(machine, "-i", "00000000:02:00.0").stdout.count("|   1  ") == 1
+
+
+def test_list_gpus(machine: Path, two_gpus) -> None:
+    assert smi(machine, "-L").stdout == (
+        f"GPU 0: Simulated GPU (UUID: {default_uuid(0)})\nGPU 1: Tesla T4 (UUID: GPU-abc)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["-q"],
+        ["--query-gpu=index"],
+        ["--query-gpu=index", "--format=json"],
+        ["--query-gpu=index", "--format=noheader"],
+        ["--query-gpu=nonsense", "--format=csv"],
+        ["--query-compute-apps=memory.total", "--format=csv"],
+        ["--query-gpu=index", "--query-compute-apps=pid", "--format=csv"],
+        ["--format=csv"],
+        ["-i"],
+    ],
+)
+def test_bad_arguments(machine: Path, two_gpus, args: list[str]) -> None:
+    result = smi(machine, *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Please run 'nvidia-smi -h' for help." in result.stderr
+
+
+def test_unknown_field_message(machine: Path, two_gpus) -> None:
+    result = smi(machine, "--query-gpu=index,bogus", "--format=csv")
+    assert result.stderr.startswith('Field "bogus" is not a valid field to query.\n')
+
+
+def test_no_such_device(machine: Path, two_gpus) -> None:
+    for args in (["-i", "2"], ["--id=GPU-nope", "--query-gpu=index", "--format=csv"]):
+        result = smi(machine, *args)
+        assert (result.returncode, result.stdout) == (6, "No devices were found\n")
+
+
+def test_no_devices(machine: Path) -> None:
+    write_machine(machine, {"devices": []})
+    result = smi(machine, "--query-gpu=index", "--format=csv,noheader")
+    assert (result.returncode, result.stdout) == (6, "No devices were found\n")
+
+
+@pytest.mark.parametrize("setup", ["unset", "missing", "corrupt"])
+def test_no_description(machine: Path, setup: str) -> None:
+    if setup == "corrupt":
+        write_machine(machine, '{"devices": [')
+    result = smi(None if setup == "unset" else machine, "--query-gpu=index", "--format=csv")
+    assert result.returncode == 9
+    assert result.stdout == ""
+    assert "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver" in (
+        result.stderr
+    )
+    assert "simulated machine:" in result.stderr
+    assert smi(None if setup == "unset" else machine).returncode == 9
+
+
+def test_help_and_version(machine: Path) -> None:
+    assert "--query-gpu" in smi(None, "-h").stdout
+    assert smi(None, "--version").stdout.startswith("NVIDIA-SMI version  : 535.183.01\n")
+
+
+def test_closed_pipe_is_quiet(machine: Path, two_gpus) -> None:
+    environment = dict(os.environ, GENV_FAKE_MACHINE=str(machine))
+    result = subprocess.run(
+        f"'{NVIDIA_SMI}' | head -n 1", shell=True, capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+@pytest.mark.skipif(not PEER_SHIM.is_file(), reason="genv 1.4.3 is not installed")
+def test_genv_1_4_3_shim_reads_the_table(machine: Path, two_gpus, tmp_path: Path) -> None:
+    """genv 1.4.3's nvidia-smi shim wraps this nvidia-smi: it must find devices and processes."""
+    a, b, c = two_gpus
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").symlink_to(NVIDIA_SMI)
+    environment = dict(os.environ)
+    environment.update(
+        GENV_FAKE_MACHINE=str(machine),
+        PATH=f"{bin_dir}{os.pathsep}{environment.get('PATH', '')}",
+        CUDA_VISIBLE_DEVICES="0",
+        GENV_ENVIRONMENT_ID="no-such-env",
+    )
+    environment.pop("GENV_BYPASS", None)
+    result = subprocess.run(
+        [sys.executable, str(PEER_SHIM)], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    # only device 0, and none of its processes belong to the environment: 0 MiB used
+    assert "|      0MiB / 81920MiB |" in result.stdout
+    assert "Missing information" not in result.stdout
+    assert "|  No running processes found" in result.stdout
+    assert str(c) not in result.stdout
+    assert "Tesla T4" not in result.stdout
+
+
+SYMBOLS = [
+    "nvmlInit",
+    "nvmlInit_v2",
+    "nvmlInitWithFlags",
+    "nvmlShutdown",
+    "nvmlErrorString",
+    "nvmlSystemGetDriverVersion",
+    "nvmlSystemGetNVMLVersion",
+    "nvmlSystemGetCudaDriverVersion",
+    "nvmlSystemGetCudaDriverVersion_v2",
+    "nvmlSystemGetProcessName",
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetCount_v2",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetHandleByIndex_v2",
+    "nvmlDeviceGetHandleByUUID",
+    "nvmlDeviceGetIndex",
+    "nvmlDeviceGetUUID",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetMemoryInfo",
+    "nvmlDeviceGetMemoryInfo_v2",
+    "nvmlDeviceGetUtilizationRates",
+    "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetComputeRunningProcesses",
+    "nvmlDeviceGetComputeRunningProcesses_v2",
+    "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetMPSComputeRunningProcesses",
+    "nvmlDeviceGetMPSComputeRunningProcesses_v2",
+    "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+    "nvmlDeviceGetGraphicsRunningProcesses",
+    "nvmlDeviceGetGraphicsRunningProcesses_v2",
+    "nvmlDeviceGetGraphicsRunningProcesses_v3",
+]
+
+
+def test_stand_in_nvml_symbols(nvml_dir: Path) -> None:
+    """The library exports what pynvml asks for, and nothing but NVML's names.
+
+    Loaded in a child: once loaded here, any later CDLL("libnvidia-ml.so.1") in this test
+    process would get the stand-in.
+    """
+    script = textwrap.dedent(
+        """
+        import ctypes, json, sys
+        library = ctypes.CDLL(sys.argv[1])
+        library.nvmlErrorString.restype = ctypes.c_char_p
+        count = ctypes.c_uint(0)
+        print(json.dumps({
+            "missing": [name for name in sys.argv[2:] if not hasattr(library, name)],
+            "internal": hasattr(library, "parse_machine"),
+            "lost": library.nvmlErrorString(15).decode(),
+            "before_init": library.nvmlDeviceGetCount_v2(ctypes.byref(count)),
+        }))
+        """
+    )
+    library = str(nvml_dir / "libnvidia-ml.so.1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, library, *SYMBOLS],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == {
+        "missing": [],
+        "internal": False,
+        "lost": "GPU is lost",
+        "before_init": 1,  # NVML_ERROR_UNINITIALIZED
+    }
