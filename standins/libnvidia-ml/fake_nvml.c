@@ -6,12 +6,13 @@
  *   {"devices":   [{"total_memory": "80gi", "uuid": "optional", "name": "optional"}, ...],
  *    "processes": [{"pid": 1234, "device": 0, "used_memory": "7295mi"}, ...]}
  *
- * Memory: a whole number and an optional unit b k m g (powers of 1000) or ki mi gi (powers
- * of 1024), as a string, or a JSON number (bytes). A device's index is its position; its
- * uuid defaults to GPU-00000000-0000-0000-0000-<index as 12 hex digits>, its name to
- * "Simulated GPU". A process whose pid is gone (kill(pid, 0) fails with ESRCH) is not
- * reported; a process on a device that is not described is ignored. A device's used memory
- * is the sum of its live processes.
+ * The rules (standins/README.md has them all) are those of genv's fake backend
+ * (src/genv/backends/fake.py), so that every view of the machine agrees. In short: memory is
+ * a whole number and an optional unit b k m g ki mi gi, or a JSON integer (bytes); a device's
+ * index is its position, its uuid defaults to GPU-00000000-0000-0000-0000-<index, 12 hex
+ * digits> and its name to "Simulated GPU"; a process that is gone or a zombie is not
+ * reported; a used_memory that is missing or null is unknown (NVML's "not available"); a
+ * device's used memory is the sum of the known memory of its live processes.
  *
  * The description is read again on every nvmlDeviceGetCount and, for the other calls,
  * whenever the file changed (inode, size or mtime), so devices can appear and disappear
@@ -27,6 +28,8 @@
  * Only the calls that nvidia-ml-py makes for devices, memory and processes are answered;
  * a program that looks up any other symbol gets NVML_ERROR_FUNCTION_NOT_FOUND from pynvml.
  */
+
+#define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
 #include <limits.h>
@@ -122,6 +125,7 @@ typedef struct {
 #define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
 #define NVML_DEVICE_NAME_V2_BUFFER_SIZE 96
 #define NVML_VALUE_NOT_AVAILABLE_UINT 0xFFFFFFFFU
+#define NVML_VALUE_NOT_AVAILABLE_ULL 0xFFFFFFFFFFFFFFFFULL
 
 /* ---- what the simulated machine reports ---- */
 
@@ -147,9 +151,10 @@ struct fake_device {
 };
 
 struct fake_process {
-    unsigned int pid;
+    unsigned long long pid;
     unsigned long long device;
     unsigned long long used;
+    int used_known; /* used_memory missing or null: unknown, reported as not available */
 };
 
 struct machine {
@@ -288,19 +293,20 @@ static int parse_string(struct parser *ps, char *out, size_t cap, size_t *len)
             unsigned int cp;
             if (hex4(ps, &cp))
                 return -1;
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (cp >= 0xD800 && cp <= 0xDBFF && ps->end - ps->p >= 6 && ps->p[0] == '\\' &&
+                ps->p[1] == 'u') {
                 unsigned int low;
-                if (ps->end - ps->p < 2 || ps->p[0] != '\\' || ps->p[1] != 'u')
-                    return fail(ps, "unpaired surrogate in string");
+                const char *mark = ps->p;
                 ps->p += 2;
                 if (hex4(ps, &low))
                     return -1;
-                if (low < 0xDC00 || low > 0xDFFF)
-                    return fail(ps, "unpaired surrogate in string");
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                return fail(ps, "unpaired surrogate in string");
+                if (low >= 0xDC00 && low <= 0xDFFF)
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                else
+                    ps->p = mark; /* read the next escape on its own */
             }
+            if (cp >= 0xD800 && cp <= 0xDFFF)
+                cp = 0xFFFD; /* a lone surrogate (Python's json keeps it; no byte form here) */
             if (cp < 0x80) {
                 put(out, cap, &n, (char)cp);
             } else if (cp < 0x800) {
@@ -431,11 +437,23 @@ static int skip_value(struct parser *ps, int depth)
     case 't': return parse_literal(ps, "true");
     case 'f': return parse_literal(ps, "false");
     case 'n': return parse_literal(ps, "null");
+    /* Python's json takes these too */
+    case 'N': return parse_literal(ps, "NaN");
+    case 'I': return parse_literal(ps, "Infinity");
     default:
+        if (c == '-' && ps->end - ps->p > 1 && ps->p[1] == 'I') {
+            ps->p++;
+            return parse_literal(ps, "Infinity");
+        }
         if (c == '-' || (c >= '0' && c <= '9'))
             return parse_number(ps, &is_integer, &ignored);
         return fail(ps, c < 0 ? "unexpected end of file" : "unexpected character");
     }
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
 /* "4g", " 42 MI ", "44040192": a whole number and an optional unit, like genv. */
@@ -450,7 +468,7 @@ static int memory_from_text(const char *text, unsigned long long *bytes)
     char unit[3] = {0};
     size_t n = 0;
 
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
+    while (is_space(*s))
         s++;
     if (!is_digit(*s))
         return -1;
@@ -460,14 +478,14 @@ static int memory_from_text(const char *text, unsigned long long *bytes)
             return -1;
         v = v * 10 + d;
     }
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
+    while (is_space(*s))
         s++;
     while (((*s | 0x20) >= 'a' && (*s | 0x20) <= 'z')) {
         if (n == 2)
             return -1;
         unit[n++] = (char)(*s++ | 0x20);
     }
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
+    while (is_space(*s))
         s++;
     if (*s)
         return -1;
@@ -521,23 +539,43 @@ static int parse_uint(struct parser *ps, unsigned long long *value, const char *
     return is_integer ? 0 : fail(ps, message);
 }
 
-/* A string that must fit in cap bytes with its NUL, or null (leaves out untouched). */
-static int parse_optional_text(struct parser *ps, char *out, size_t cap, const char *what)
+/*
+ * An optional text: a string or null. Surrounding blanks are dropped; null or only blanks
+ * leaves out empty (the caller's default applies). A text longer than cap - 1 bytes is an
+ * error, or with truncate cut to fit (at a UTF-8 character boundary).
+ */
+static int parse_optional_text(struct parser *ps, char *out, size_t cap, int truncate,
+                               const char *what)
 {
-    char message[96];
-    size_t len;
+    char message[96], text[1024];
+    size_t len, start = 0;
+    out[0] = '\0';
     if (peek(ps) == 'n')
         return parse_literal(ps, "null");
     snprintf(message, sizeof message, "%s: not a string", what);
     if (peek(ps) != '"')
         return fail(ps, message);
-    if (parse_string(ps, out, cap, &len))
+    if (parse_string(ps, text, sizeof text, &len))
         return -1;
-    snprintf(message, sizeof message, "%s: longer than %zu bytes", what, cap - 1);
-    if (len >= cap)
-        return fail(ps, message);
-    if (memchr(out, '\0', len))
+    if (len >= sizeof text)
+        len = sizeof text - 1; /* kept: the first 1023 bytes */
+    if (memchr(text, '\0', len))
         return fail(ps, "NUL character in string");
+    while (start < len && is_space(text[start]))
+        start++;
+    while (len > start && is_space(text[len - 1]))
+        len--;
+    len -= start;
+    if (len >= cap) {
+        snprintf(message, sizeof message, "%s: longer than %zu bytes", what, cap - 1);
+        if (!truncate)
+            return fail(ps, message);
+        len = cap - 1;
+        while (len && ((unsigned char)text[start + len] & 0xC0) == 0x80)
+            len--; /* do not cut a character in two */
+    }
+    memcpy(out, text + start, len);
+    out[len] = '\0';
     return 0;
 }
 
@@ -614,9 +652,11 @@ static int device_field(struct parser *ps, const char *key, void *target)
         return parse_memory(ps, &f->device->total, "devices[].total_memory");
     }
     if (strcmp(key, "uuid") == 0)
-        return parse_optional_text(ps, f->device->uuid, sizeof f->device->uuid, "devices[].uuid");
+        return parse_optional_text(ps, f->device->uuid, sizeof f->device->uuid, 0,
+                                   "devices[].uuid");
     if (strcmp(key, "name") == 0)
-        return parse_optional_text(ps, f->device->name, sizeof f->device->name, "devices[].name");
+        return parse_optional_text(ps, f->device->name, sizeof f->device->name, 1,
+                                   "devices[].name");
     return skip_value(ps, 1);
 }
 
@@ -649,7 +689,7 @@ static int device_item(struct parser *ps, struct machine *m)
 
 struct process_fields {
     struct fake_process *process;
-    int has_pid, has_device, has_used;
+    int has_pid, has_device;
 };
 
 static int process_field(struct parser *ps, const char *key, void *target)
@@ -659,9 +699,9 @@ static int process_field(struct parser *ps, const char *key, void *target)
     if (strcmp(key, "pid") == 0) {
         if (parse_uint(ps, &value, "processes[].pid"))
             return -1;
-        if (value == 0 || value > INT_MAX)
-            return fail(ps, "processes[].pid: out of range");
-        f->process->pid = (unsigned int)value;
+        if (value == 0)
+            return fail(ps, "processes[].pid: must be at least 1");
+        f->process->pid = value;
         f->has_pid = 1;
         return 0;
     }
@@ -670,7 +710,11 @@ static int process_field(struct parser *ps, const char *key, void *target)
         return parse_uint(ps, &f->process->device, "processes[].device");
     }
     if (strcmp(key, "used_memory") == 0) {
-        f->has_used = 1;
+        if (peek(ps) == 'n') {
+            f->process->used_known = 0;
+            return parse_literal(ps, "null");
+        }
+        f->process->used_known = 1;
         return parse_memory(ps, &f->process->used, "processes[].used_memory");
     }
     return skip_value(ps, 1);
@@ -679,7 +723,7 @@ static int process_field(struct parser *ps, const char *key, void *target)
 static int process_item(struct parser *ps, struct machine *m)
 {
     struct fake_process process;
-    struct process_fields f = {&process, 0, 0, 0};
+    struct process_fields f = {&process, 0, 0};
     memset(&process, 0, sizeof process);
     if (peek(ps) != '{')
         return fail(ps, "processes[]: not an object");
@@ -689,8 +733,9 @@ static int process_item(struct parser *ps, struct machine *m)
         return fail(ps, "processes[]: pid is missing");
     if (!f.has_device)
         return fail(ps, "processes[]: device is missing");
-    if (!f.has_used)
-        return fail(ps, "processes[]: used_memory is missing");
+    for (size_t i = 0; i < m->nprocesses; i++)
+        if (m->processes[i].pid == process.pid && m->processes[i].device == process.device)
+            return fail(ps, "processes[]: the same pid twice on one device");
     struct fake_process *processes =
         grow(m->processes, m->nprocesses, &m->processes_capacity, sizeof process);
     if (!processes)
@@ -702,22 +747,24 @@ static int process_item(struct parser *ps, struct machine *m)
 
 struct top_fields {
     struct machine *machine;
-    int seen_devices, seen_processes;
+    int seen_devices;
 };
 
 static int top_field(struct parser *ps, const char *key, void *target)
 {
     struct top_fields *f = target;
+    /* a key given twice: the last one counts, as in Python's json */
     if (strcmp(key, "devices") == 0) {
-        if (f->seen_devices++)
-            return fail(ps, "\"devices\" given twice");
+        f->seen_devices = 1;
+        f->machine->ndevices = 0;
         if (peek(ps) != '[')
             return fail(ps, "\"devices\": not an array");
         return parse_array(ps, f->machine, device_item);
     }
     if (strcmp(key, "processes") == 0) {
-        if (f->seen_processes++)
-            return fail(ps, "\"processes\" given twice");
+        f->machine->nprocesses = 0;
+        if (peek(ps) == 'n')
+            return parse_literal(ps, "null"); /* null: no processes */
         if (peek(ps) != '[')
             return fail(ps, "\"processes\": not an array");
         return parse_array(ps, f->machine, process_item);
@@ -735,18 +782,17 @@ static void machine_free(struct machine *m)
 static int parse_machine(const char *text, size_t size, struct machine *m, char *error, size_t cap)
 {
     struct parser ps;
-    struct top_fields f = {m, 0, 0};
+    struct top_fields f = {m, 0};
     memset(&ps, 0, sizeof ps);
     memset(m, 0, sizeof *m);
     ps.p = text;
     ps.end = text + size;
-    /* a UTF-8 byte order mark is tolerated */
-    if (size >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
-        ps.p += 3;
     if (peek(&ps) != '{')
         fail(&ps, "the description is not a JSON object");
     else if (parse_object(&ps, &f, top_field) == 0 && peek(&ps) != -1)
         fail(&ps, "unexpected text after the JSON object");
+    else if (!ps.error[0] && !f.seen_devices)
+        fail(&ps, "\"devices\" is missing");
     if (ps.error[0]) {
         const char *line_start = text;
         size_t line = 1;
@@ -860,9 +906,33 @@ static nvmlReturn_t refresh(int force)
     return NVML_SUCCESS;
 }
 
-static int pid_alive(unsigned int pid)
+/*
+ * Whether a process still holds its GPU memory: it exists (kill(pid, 0) does not fail with
+ * ESRCH; EPERM means it exists) and is not a zombie, which has given its memory back.
+ */
+static int pid_alive(unsigned long long pid)
 {
-    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    char path[48], stat_line[512];
+    FILE *file;
+    size_t n;
+    char *close;
+
+    if (pid > INT_MAX)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    snprintf(path, sizeof path, "/proc/%llu/stat", pid);
+    file = fopen(path, "re");
+    if (!file)
+        return errno != ENOENT && errno != ESRCH;
+    n = fread(stat_line, 1, sizeof stat_line - 1, file);
+    fclose(file);
+    stat_line[n] = '\0';
+    /* "pid (comm) S ...": the state follows the last ')' (comm may hold anything) */
+    close = strrchr(stat_line, ')');
+    if (close && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X'))
+        return 0;
+    return 1;
 }
 
 /* Locks, checks init, refreshes. On success the caller holds g_lock. */
@@ -908,9 +978,11 @@ static nvmlReturn_t enter_device(nvmlDevice_t handle, size_t *index)
 static unsigned long long used_memory(size_t index)
 {
     unsigned long long used = 0;
-    for (size_t i = 0; i < g_machine.nprocesses; i++)
-        if (g_machine.processes[i].device == index && pid_alive(g_machine.processes[i].pid))
-            used += g_machine.processes[i].used;
+    for (size_t i = 0; i < g_machine.nprocesses; i++) {
+        const struct fake_process *p = &g_machine.processes[i];
+        if (p->device == index && p->used_known && pid_alive(p->pid))
+            used += p->used;
+    }
     return used;
 }
 
@@ -941,6 +1013,8 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
         return leave(NVML_SUCCESS);
     }
     path = getenv("GENV_FAKE_MACHINE");
+    while (path && is_space(*path))
+        path++;
     if (!path || !*path) {
         debug("GENV_FAKE_MACHINE is not set", NULL);
         return leave(NVML_ERROR_DRIVER_NOT_LOADED);
@@ -948,6 +1022,8 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
     g_path = strdup(path);
     if (!g_path)
         return leave(NVML_ERROR_MEMORY);
+    for (size_t n = strlen(g_path); n && is_space(g_path[n - 1]); n--)
+        g_path[n - 1] = '\0';
     ret = refresh(1);
     if (ret != NVML_SUCCESS) {
         free(g_path);
@@ -1248,14 +1324,15 @@ static nvmlReturn_t running_processes(nvmlDevice_t device, unsigned int *infoCou
         const struct fake_process *p = &g_machine.processes[i];
         if (p->device != index || !pid_alive(p->pid))
             continue;
+        unsigned long long memory = p->used_known ? p->used : NVML_VALUE_NOT_AVAILABLE_ULL;
         if (record_size == sizeof(nvmlProcessInfo_v1_t)) {
             nvmlProcessInfo_v1_t *r = (nvmlProcessInfo_v1_t *)infos + written;
-            r->pid = p->pid;
-            r->usedGpuMemory = p->used;
+            r->pid = (unsigned int)p->pid;
+            r->usedGpuMemory = memory;
         } else {
             nvmlProcessInfo_v2_t *r = (nvmlProcessInfo_v2_t *)infos + written;
-            r->pid = p->pid;
-            r->usedGpuMemory = p->used;
+            r->pid = (unsigned int)p->pid;
+            r->usedGpuMemory = memory;
             /* not a MIG device */
             r->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
             r->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;

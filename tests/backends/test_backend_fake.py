@@ -51,7 +51,7 @@ def test_devices_defaults_and_memory_forms(tmp_path: Path) -> None:
     assert [d.index for d in snapshot.devices] == [0, 1]
     first, second = snapshot.devices
     assert first.uuid == default_uuid(0) == "GPU-00000000-0000-0000-0000-000000000000"
-    assert default_uuid(12) == "GPU-00000000-0000-0000-0000-000000000012"
+    assert default_uuid(12) == "GPU-00000000-0000-0000-0000-00000000000c"
     assert first.name == DEFAULT_NAME
     assert first.total_memory == 80 * GI
     assert first.used_memory == 0

@@ -7,6 +7,7 @@ found through LD_LIBRARY_PATH, which must be set before a process starts.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -227,6 +229,8 @@ class Probe:
 
 @pytest.fixture
 def probe(nvml_dir: Path, machine: Path):
+    if importlib.util.find_spec("pynvml") is None:
+        pytest.skip("nvidia-ml-py (pynvml) is not installed")
     probes: list[Probe] = []
 
     def start(env: dict | None = None, description: Path | None = machine) -> Probe:
@@ -414,29 +418,61 @@ def test_no_description_at_init(probe, machine: Path, setup: str) -> None:
 # ---- the same descriptions, valid and invalid, for both stand-ins -------------------------
 
 VALID = [
-    # (description text, [(uuid, total bytes)])
-    ('{"devices": [{"total_memory": "4g"}]}', [(default_uuid(0), 4 * 1000**3)]),
-    ('{"devices": [{"total_memory": "42MI"}]}', [(default_uuid(0), 42 * MIB)]),
-    ('{"devices": [{"total_memory": 44040192}]}', [(default_uuid(0), 44040192)]),
-    ('{"devices": [{"total_memory": "44040192"}]}', [(default_uuid(0), 44040192)]),
-    ('{"devices": [{"total_memory": " 3 ki "}]}', [(default_uuid(0), 3072)]),
-    ('{"devices": [{"total_memory": "5b"}]}', [(default_uuid(0), 5)]),
-    ('{"devices": [{"total_memory": "7k", "uuid": "GPU-\\u0041"}]}', [("GPU-A", 7000)]),
-    ('\ufeff {"devices": [{"total_memory": "1gi"}], "processes": []} \n', [(default_uuid(0), GIB)]),
+    # (description text, [(uuid, name, total bytes)])
+    ('{"devices": [{"total_memory": "4g"}]}', [(default_uuid(0), "Simulated GPU", 4 * 1000**3)]),
+    ('{"devices": [{"total_memory": "42MI"}]}', [(default_uuid(0), "Simulated GPU", 42 * MIB)]),
+    ('{"devices": [{"total_memory": 44040192}]}', [(default_uuid(0), "Simulated GPU", 44040192)]),
+    ('{"devices": [{"total_memory": "44040192"}]}', [(default_uuid(0), "Simulated GPU", 44040192)]),
+    ('{"devices": [{"total_memory": " 3 ki "}]}', [(default_uuid(0), "Simulated GPU", 3072)]),
+    ('{"devices": [{"total_memory": "5b"}]}', [(default_uuid(0), "Simulated GPU", 5)]),
     (
-        '{"x": {"y": [[], {}, "s\\"", -1.5e-3, null]}, "devices": [{"total_memory": "1m"}]}',
-        [(default_uuid(0), 1000**2)],
+        '{"devices": [{"total_memory": "7k", "uuid": " GPU-\\u0041 ", "name": "  "}]}',
+        [("GPU-A", "Simulated GPU", 7000)],
     ),
-    ("{}", []),
+    pytest.param(
+        '{"devices": [{"total_memory": "1k", "name": "' + "\u00e9" * 60 + '"}]}',
+        [(default_uuid(0), "\u00e9" * 47, 1000)],  # cut to NVML's 95 bytes, whole characters
+        id="long-name",
+    ),
+    (
+        ' {"devices": [{"total_memory": "1gi"}], "processes": null} \n',
+        [(default_uuid(0), "Simulated GPU", GIB)],
+    ),
+    (
+        '{"devices": [{"total_memory": "1gi"}], "devices": [{"total_memory": "2gi"}]}',
+        [(default_uuid(0), "Simulated GPU", 2 * GIB)],  # the last one counts, as in json
+    ),
+    (
+        '{"x": {"y": [[], {}, "s\\"\\ud800", -1.5e-3, null, NaN, -Infinity]}, '
+        '"devices": [{"total_memory": "1m"}]}',
+        [(default_uuid(0), "Simulated GPU", 1000**2)],
+    ),
+    (
+        '{"devices": [{"total_memory": "1m"}], "processes": ['
+        '{"pid": 1, "device": 0}, {"pid": 1, "device": 5, "used_memory": null}]}',
+        [(default_uuid(0), "Simulated GPU", 1000**2)],
+    ),
+    pytest.param(
+        '{"devices": [{"total_memory": "1m"}], "processes": ['
+        '{"pid": 99999999999, "device": 0, "used_memory": 1}]}',
+        [(default_uuid(0), "Simulated GPU", 1000**2)],
+        id="huge-pid",
+    ),
+    ('{"devices": []}', []),
 ]
 
 INVALID = [
     "",
     "[]",
+    "{}",
+    '{"processes": []}',
+    '\ufeff{"devices": []}',
     '{"devices": [{"total_memory": "80gi"}]',
     '{"devices": [{"total_memory": "80gi"}]} x',
     '{"devices": {}}',
+    '{"devices": null}',
     '{"devices": [{}]}',
+    '{"devices": [{"total_memory": null}]}',
     '{"devices": [{"total_memory": "80 gb"}]}',
     '{"devices": [{"total_memory": "-1"}]}',
     '{"devices": [{"total_memory": -1}]}',
@@ -444,44 +480,303 @@ INVALID = [
     '{"devices": [{"total_memory": "1.5g"}]}',
     '{"devices": [{"total_memory": true}]}',
     '{"devices": [{"total_memory": "1g", "uuid": 3}]}',
+    pytest.param(
+        '{"devices": [{"total_memory": "1g", "uuid": "' + "x" * 96 + '"}]}', id="long-uuid"
+    ),
     '{"devices": [{"total_memory": "1g", "uuid": "GPU-a"}, {"total_memory": 1, "uuid": "GPU-a"}]}',
-    '{"devices": [{"total_memory": "1g", "name": "' + "x" * 96 + '"}]}',
-    '{"devices": [], "processes": [{"pid": 1, "device": 0}]}',
+    '{"devices": [{"total_memory": "1g"}, {"total_memory": 1, "uuid": "' + default_uuid(0) + '"}]}',
+    '{"devices": [], "processes": [{"device": 0}]}',
+    '{"devices": [], "processes": [{"pid": 1}]}',
     '{"devices": [], "processes": [{"pid": 0, "device": 0, "used_memory": 1}]}',
     '{"devices": [], "processes": [{"pid": -5, "device": 0, "used_memory": 1}]}',
     '{"devices": [], "processes": [{"pid": "1", "device": 0, "used_memory": 1}]}',
+    '{"devices": [], "processes": [{"pid": 1.0, "device": 0, "used_memory": 1}]}',
     '{"devices": [], "processes": [{"pid": 1, "device": -1, "used_memory": 1}]}',
     '{"devices": [], "processes": [{"pid": 1, "device": 0, "used_memory": "lots"}]}',
+    '{"devices": [], "processes": [{"pid": 1, "device": 0}, {"pid": 1, "device": 0}]}',
     '{"devices": [], "processes": {}}',
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), VALID)
-def test_valid_descriptions(probe, machine: Path, text: str, expected) -> None:
+def test_valid_descriptions_nvml(probe, machine: Path, text: str, expected) -> None:
     write_machine(machine, text)
     nvml = probe()
     assert nvml.ask("init") is None
     snapshot = nvml.ask("snapshot")
-    assert [(d["uuid"], d["memory"][0]) for d in snapshot["devices"]] == expected
+    assert [(d["uuid"], d["name"], d["memory"][0]) for d in snapshot["devices"]] == expected
 
-    result = smi(machine, "--query-gpu=uuid,memory.total", "--format=csv,noheader,nounits")
+
+@pytest.mark.parametrize(("text", "expected"), VALID)
+def test_valid_descriptions_smi(machine: Path, text: str, expected) -> None:
+    write_machine(machine, text)
+    result = smi(machine, "--query-gpu=uuid,name,memory.total", "--format=csv,noheader,nounits")
     if expected:
         assert result.returncode == 0, result.stderr
-        assert result.stdout == "".join(f"{u}, {total // MIB}\n" for u, total in expected)
+        assert result.stdout == "".join(f"{u}, {n}, {total // MIB}\n" for u, n, total in expected)
     else:
         assert (result.returncode, result.stdout) == (6, "No devices were found\n")
 
 
 @pytest.mark.parametrize("text", INVALID)
-def test_invalid_descriptions(probe, machine: Path, text: str) -> None:
+def test_invalid_descriptions_nvml(probe, machine: Path, text: str) -> None:
     write_machine(machine, text)
     nvml = probe({"GENV_FAKE_NVML_DEBUG": "1"})
     assert nvml.ask("init")["error"] == "NVMLError_DriverNotLoaded"
 
+
+@pytest.mark.parametrize("text", INVALID)
+def test_invalid_descriptions_smi(machine: Path, text: str) -> None:
+    write_machine(machine, text)
     result = smi(machine, "--query-gpu=index", "--format=csv")
     assert result.returncode == 9
     assert result.stdout == ""
     assert result.stderr.startswith("NVIDIA-SMI has failed because it couldn't communicate")
+
+
+# ---- the three views of one machine agree: genv's fake backend, NVML, nvidia-smi ----------
+
+# Cases that go beyond what the fake backend checks: NVML's 96-byte buffers cut names and
+# refuse longer uuids; a pid beyond any real one is simply not running.
+BEYOND_BACKEND = {"long-name", "long-uuid", "huge-pid"}
+
+
+def fake_backend(machine: Path):
+    fake = pytest.importorskip("genv.backends.fake")
+    return fake.FakeBackend(machine)
+
+
+@pytest.mark.parametrize(("text", "expected"), VALID)
+def test_valid_descriptions_fake_backend(request, machine: Path, text: str, expected) -> None:
+    if request.node.callspec.id in BEYOND_BACKEND:
+        pytest.skip("a limit of the stand-ins, not of the description format")
+    write_machine(machine, text)
+    snapshot = fake_backend(machine).snapshot()
+    assert [(d.uuid, d.name, d.total_memory) for d in snapshot.devices] == expected
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_invalid_descriptions_fake_backend(request, machine: Path, text: str) -> None:
+    if request.node.callspec.id in BEYOND_BACKEND:
+        pytest.skip("a limit of the stand-ins, not of the description format")
+    from genv.backends.base import BackendError
+
+    write_machine(machine, text)
+    with pytest.raises(BackendError):
+        fake_backend(machine).snapshot()
+
+
+def zombie(sleepers) -> int:
+    """A process that has ended but is not reaped yet (reaped at the end of the test)."""
+    process = sleepers()
+    os.kill(process.pid, signal.SIGKILL)
+    stat = Path(f"/proc/{process.pid}/stat")
+    for _ in range(1000):
+        if stat.read_text().rpartition(")")[2].split()[0] == "Z":
+            return process.pid
+        time.sleep(0.005)
+    raise AssertionError("the process did not become a zombie")
+
+
+def three_views(probe, machine: Path) -> tuple[dict, dict, dict]:
+    """What genv's fake backend, NVML and nvidia-smi report, in one shape (memory in MiB)."""
+    snapshot = fake_backend(machine).snapshot()
+
+    def mib(amount):
+        return None if amount is None else amount // MIB
+
+    backend = {
+        "devices": [
+            (d.index, d.uuid, d.name, mib(d.total_memory), mib(d.used_memory))
+            for d in snapshot.devices
+        ],
+        "processes": sorted((p.device_uuid, p.pid, mib(p.used_memory)) for p in snapshot.processes),
+    }
+    nvml = probe()
+    assert nvml.ask("init") is None
+    devices = nvml.ask("snapshot")["devices"]
+    through_nvml = {
+        "devices": [
+            (d["index"], d["uuid"], d["name"], mib(d["memory"][0]), mib(d["memory"][2]))
+            for d in devices
+        ],
+        "processes": sorted((d["uuid"], p[0], mib(p[1])) for d in devices for p in d["compute"]),
+    }
+    gpus = smi(
+        machine,
+        "--query-gpu=index,uuid,name,memory.total,memory.used",
+        "--format=csv,noheader,nounits",
+    )
+    apps = smi(
+        machine,
+        "--query-compute-apps=gpu_uuid,pid,used_gpu_memory",
+        "--format=csv,noheader,nounits",
+    )
+    assert gpus.returncode == apps.returncode == 0, gpus.stderr + apps.stderr
+    rows = [line.split(", ") for line in gpus.stdout.splitlines()]
+    through_smi = {
+        "devices": [(int(i), u, n, int(t), int(used)) for i, u, n, t, used in rows],
+        "processes": sorted(
+            (u, int(pid), None if used == "[N/A]" else int(used))
+            for u, pid, used in (line.split(", ") for line in apps.stdout.splitlines())
+        ),
+    }
+    return backend, through_nvml, through_smi
+
+
+def test_three_views_agree(probe, machine: Path, sleepers) -> None:
+    a, b, c = sleepers(), sleepers(), sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [
+                {"total_memory": "80gi"},
+                {"total_memory": "16g", "uuid": " GPU-abc ", "name": "Tesla T4"},
+                {"total_memory": 1000**3},
+            ],
+            "processes": [
+                {"pid": a.pid, "device": 0, "used_memory": "7295mi"},
+                {"pid": b.pid, "device": 0, "used_memory": 1500000000},
+                {"pid": c.pid, "device": 1},  # memory unknown
+                {"pid": a.pid, "device": 2, "used_memory": "100m"},
+                {"pid": zombie(sleepers), "device": 1, "used_memory": "1gi"},
+                {"pid": dead_pid(), "device": 2, "used_memory": "1gi"},
+            ],
+        },
+    )
+    backend, through_nvml, through_smi = three_views(probe, machine)
+    assert through_nvml == backend
+    assert through_smi == backend
+    assert backend == {
+        "devices": [
+            (0, default_uuid(0), "Simulated GPU", 81920, 8725),
+            (1, "GPU-abc", "Tesla T4", 15258, 0),
+            (2, default_uuid(2), "Simulated GPU", 953, 95),
+        ],
+        "processes": sorted(
+            [
+                (default_uuid(0), a.pid, 7295),
+                (default_uuid(0), b.pid, 1430),
+                ("GPU-abc", c.pid, None),
+                (default_uuid(2), a.pid, 95),
+            ]
+        ),
+    }
+
+
+def test_default_uuids_agree_beyond_ten_devices(probe, machine: Path) -> None:
+    """Default uuids end in the index as 12 hex digits, in every view (index 10: ...00a)."""
+    write_machine(machine, {"devices": [{"total_memory": "1gi"}] * 11})
+    backend, through_nvml, through_smi = three_views(probe, machine)
+    uuids = [device[1] for device in through_nvml["devices"]]
+    assert uuids[10] == "GPU-00000000-0000-0000-0000-00000000000a"
+    assert [device[1] for device in through_smi["devices"]] == uuids
+    assert [device[1] for device in backend["devices"]] == uuids
+
+
+# Prints genv's own backend's snapshot of the machine (run with the stand-ins in place).
+BACKEND_SNAPSHOT = textwrap.dedent(
+    """
+    import json, sys
+    if sys.argv[1] == "fake":
+        from genv.backends.fake import FakeBackend as Backend
+    elif sys.argv[1] == "nvml":
+        from genv.backends.nvml import NvmlBackend as Backend
+    else:
+        from genv.backends.nvidia_smi import NvidiaSmiBackend as Backend
+    snapshot = Backend().snapshot()
+    print(json.dumps({
+        "devices": [[d.index, d.uuid, d.name, d.total_memory, d.used_memory]
+                    for d in snapshot.devices],
+        "processes": sorted([p.pid, p.device_index, p.device_uuid, p.used_memory]
+                            for p in snapshot.processes),
+        "errors": list(snapshot.errors),
+    }))
+    """
+)
+
+
+def test_genv_backends_over_the_stand_ins(nvml_dir: Path, machine: Path, sleepers) -> None:
+    """genv's NVML and nvidia-smi backends, run over the stand-ins, see what its fake one does."""
+    for module in ("genv.backends.fake", "genv.backends.nvml", "genv.backends.nvidia_smi"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not there")
+    a, b = sleepers(), sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "80gi"}, {"total_memory": "16g", "uuid": "GPU-x"}],
+            "processes": [
+                {"pid": a.pid, "device": 1, "used_memory": "3gi"},
+                {"pid": b.pid, "device": 0},
+                {"pid": dead_pid(), "device": 0, "used_memory": "1gi"},
+            ],
+        },
+    )
+    environment = dict(os.environ)
+    for name in ("GENV_GPU_BACKEND", "GENV_BYPASS"):
+        environment.pop(name, None)
+    environment.update(
+        GENV_FAKE_MACHINE=str(machine),
+        LD_LIBRARY_PATH=str(nvml_dir),
+        PATH=f"{STANDINS}{os.pathsep}{environment.get('PATH', '')}",
+    )
+
+    def snapshot(backend: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-c", BACKEND_SNAPSHOT, backend],
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    fake = snapshot("fake")
+    assert fake["errors"] == []
+    assert len(fake["processes"]) == 2
+    assert snapshot("nvml") == fake
+
+    def in_mib(view: dict) -> dict:
+        return {
+            "devices": [
+                [i, u, n, t // MIB, None if used is None else used // MIB]
+                for i, u, n, t, used in view["devices"]
+            ],
+            "processes": [
+                [pid, i, u, None if used is None else used // MIB]
+                for pid, i, u, used in view["processes"]
+            ],
+            "errors": view["errors"],
+        }
+
+    assert in_mib(snapshot("nvidia-smi")) == in_mib(fake)
+
+
+def test_zombie_and_unknown_memory(probe, machine: Path, sleepers) -> None:
+    live = sleepers()
+    write_machine(
+        machine,
+        {
+            "devices": [{"total_memory": "8gi"}],
+            "processes": [
+                {"pid": zombie(sleepers), "device": 0, "used_memory": "1gi"},
+                {"pid": live.pid, "device": 0, "used_memory": None},
+            ],
+        },
+    )
+    nvml = probe()
+    assert nvml.ask("init") is None
+    device = nvml.ask("snapshot")["devices"][0]
+    # pynvml turns NVML's "not available" (2**64 - 1) into None
+    assert device["compute"] == [[live.pid, None, NOT_MIG, NOT_MIG]]
+    assert device["memory"] == [8 * GIB, 8 * GIB, 0]
+
+    result = smi(machine, "--query-compute-apps=pid,used_gpu_memory", "--format=csv")
+    assert result.stdout == f"pid, used_gpu_memory [MiB]\n{live.pid}, [N/A]\n"
+    table = smi(machine).stdout.splitlines()
+    assert f"|    0   N/A  N/A  {live.pid:>8}      C   {'sleep':<28}      N/A    |" in table
 
 
 # ---- nvidia-smi ----------------------------------------------------------------------------
