@@ -150,10 +150,17 @@ def linux_users() -> Iterator[LinuxUsers]:
 
 @dataclass(frozen=True)
 class UserRuntime:
-    """A Python interpreter and a package folder that every test user can use."""
+    """A Python interpreter and a package folder that every test user can use.
+
+    ``bin_dir`` holds a ``genv`` script running that copy; it comes first on users' PATH.
+    """
 
     python: str
     site: Path
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.site / "bin"
 
 
 def _package_dir(module: Any) -> Path:
@@ -175,8 +182,9 @@ def _python_candidates() -> list[str]:
 @pytest.fixture(scope="session")
 def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
     """Copy genv and its runtime dependencies where users can read them; pick a Python."""
-    import genv
     import psutil
+
+    import genv
 
     site = Path(tempfile.mkdtemp(prefix="genvtest-site-", dir="/tmp"))
     try:
@@ -192,7 +200,9 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
         for folder, _, files in os.walk(site):
             os.chmod(folder, 0o755)
             for name in files:
-                os.chmod(os.path.join(folder, name), 0o644)
+                path = os.path.join(folder, name)
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, 0o755 if executable else 0o644)  # shims stay executable
         probe = "import genv.cli.main, genv.store, genv.backends.fake, psutil; psutil.Process()"
         reasons = []
         for python in _python_candidates():
@@ -208,6 +218,13 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
                 reasons.append(f"{python}: {error.strerror}")
                 continue
             if result.returncode == 0:
+                bin_dir = site / "bin"
+                bin_dir.mkdir(mode=0o755)
+                (bin_dir / "genv").write_text(
+                    f"#!/bin/sh\nPYTHONPATH={site}; export PYTHONPATH\n"
+                    f'exec {python} -m genv "$@"\n'
+                )
+                (bin_dir / "genv").chmod(0o755)
                 yield UserRuntime(python, site)
                 return
             reasons.append(f"{python}: {result.stderr.strip().splitlines()[-1:]}")
@@ -229,7 +246,7 @@ def _genv_environment(overrides: Mapping[str, str | None]) -> dict[str, str]:
 
 def _user_environment(site: Path, overrides: Mapping[str, str | None]) -> dict[str, str]:
     environment = {
-        "PATH": USER_PATH,
+        "PATH": f"{site / 'bin'}:{USER_PATH}",
         "LANG": "C.UTF-8",
         "HOME": "/",
         "PYTHONPATH": str(site),

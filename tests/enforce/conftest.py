@@ -36,8 +36,6 @@ BOB = "genvenf_bob"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (other users' processes)")
-
 
 # -- users ---------------------------------------------------------------------------------
 
@@ -468,7 +466,7 @@ class Genv:
 
     def attachments(self) -> list[tuple[str, str]]:
         """(index, eid) of every attachment, from ``genv devices --format csv``."""
-        rows = self.run("devices", "--format", "csv", "--no-header").stdout.splitlines()
+        rows = self.run("devices", "ps", "--format", "csv", "--no-header").stdout.splitlines()
         found = []
         for row in rows:
             index, _, rest = row.partition(",")

@@ -110,7 +110,8 @@ def _mutations() -> list[tuple[str, dict]]:
                               ("processes", [[1]]), ("processes", [["x", 1.0]]),
                               ("processes", [[1, "x"]]), ("kernel_ids", [3]),
                               ("config", {"gpus": "many"}), ("config", {"name": 3})]:
-        cases.append((f"env {field_name}={value!r}", {"environments": [{**env, field_name: value}]}))
+        changed = {"environments": [{**env, field_name: value}]}
+        cases.append((f"env {field_name}={value!r}", changed))
     for field_name, value in [("device", "zero"), ("device", 1e400), ("eid", None),
                               ("time", None), ("time", float("inf")), ("gpu_memory", 4)]:
         cases.append((f"attachment {field_name}={value!r}",

@@ -128,7 +128,7 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
             }
             for index, attachments in rows
         ])
-        return 0
+        return 1 if common.own_problem(state, store.caller_uid) else 0
     table = []
     for index, attachments in rows:
         if not attachments:

@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
         Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
     )
     if args.interval == 0:
-        enforcer.run_once()
-        return 0
+        return 0 if enforcer.run_once() else 1
     enforcer.install_signal_handlers()
     log.info("enforcing every %gs", args.interval)
     enforcer.run_forever(args.interval)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
 
 SHELL_PID = "_GENV_SHELL_PID"  # set by the shell function, for that one command
 SHELL_PROMPT = "_GENV_PS1"  # the shell's prompt, which is seldom exported
@@ -125,8 +130,11 @@ class Script:
             print(text)
 
     def emit(self) -> None:
+        """Write the code as the bytes the shell gave us (a prompt need not be UTF-8)."""
         if self.shell and self.lines:
-            sys.stdout.write("\n".join(self.lines) + "\n")
+            sys.stdout.flush()
+            sys.stdout.buffer.write(os.fsencode("\n".join(self.lines) + "\n"))
+            sys.stdout.buffer.flush()
 
 
 def _shell_pid() -> int | None:
@@ -248,7 +256,7 @@ def _load_state() -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def _restore(script: Script, state: dict, session) -> None:  # noqa: ANN001 (lazy module)
+def _restore(script: Script, state: dict, session: ModuleType) -> None:
     """Put back what activation changed; keep what the user changed since, where we can.
 
     PATH and the prompt return to their exact old values when they are still what activation
@@ -351,7 +359,7 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_home():  # noqa: ANN202 (pathlib is imported lazily)
+def _new_home() -> Path:
     from pathlib import Path
 
     from genv.shell import session
@@ -418,12 +426,17 @@ def init_script() -> str:
 
 
 def genv_command() -> str:
-    """Shell words that run this genv: its script when it was started as one, else -m."""
-    program = sys.argv[0] if sys.argv else ""
-    if (os.path.basename(program).startswith("genv") and os.path.isfile(program)
-            and os.access(program, os.X_OK)):
-        return quote(os.path.abspath(program))
-    return f"{quote(sys.executable)} -m genv"
+    """Shell words that run this very genv as fast as Python can start.
+
+    This interpreter without ``site`` (-S): site scans site-packages and runs every .pth
+    file, 5-30 ms per call, only to compute the module path, which is taken from this process
+    instead. Neither a PATH lookup nor a version-manager shim (pyenv: ~50 ms) is paid. The
+    current folder is never on that path, so no file in it can shadow a module.
+    """
+    script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv else ""
+    paths = [p for p in sys.path if p and os.path.isabs(p) and p != script_dir]
+    code = f"import sys;sys.path[:]={paths!r};from genv.cli.main import main;sys.exit(main())"
+    return f"{quote(sys.executable)} -S -c {quote(code)}"
 
 
 ADDERS = {

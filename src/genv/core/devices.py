@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from genv.backends.base import GpuBackend
 from genv.domain import allocation
 from genv.domain.models import Device, Environment
-from genv.store import State, Store, Transaction
+from genv.store import NotFound, State, Store, Transaction
 
 
 def attach(
@@ -71,9 +71,16 @@ def _attach_marking_shared(
 
 
 def detach(store: Store, eid: str, index: int | None = None) -> list[int]:
-    """Detach from one device or all; returns the indices still attached."""
+    """Detach from one device or all; returns the indices still attached.
+
+    Detaching an environment that has ended (or never was) leaves nothing attached, as in
+    genv 1.4.3: integrations call it while cleaning up and must not see an error.
+    """
     with store.transaction() as tx:
-        env = tx.environment(eid)
+        try:
+            env = tx.environment(eid)
+        except NotFound:
+            return []
         tx.detach(eid, index, uid=env.uid)
         return sorted(a.device_index for a in tx.view().attachments_of(env))
 

@@ -61,9 +61,18 @@ class Enforcer:
         return plan
 
     def execute(self, plan: Plan) -> None:
+        # A process signalled in an earlier cycle is still on its way out (SIGKILL follows on
+        # time): say nothing about it again, so that each line tells of one action.
+        signalled = self.terminator.in_progress
         for finding in plan.findings:
+            if finding.terminations and not finding.detachments and all(
+                signalled(termination) for termination in finding.terminations
+            ):
+                continue
             self.reporter.finding(finding)
         for termination in plan.terminations:
+            if signalled(termination):
+                continue
             self.reporter.terminating(termination)
             outcome = self.terminator.terminate(termination)
             self.reporter.outcome(termination, outcome)
@@ -82,19 +91,27 @@ class Enforcer:
 
     # -- running -----------------------------------------------------------------------
 
-    def run_once(self) -> None:
-        """``--interval 0``: one cycle, then wait up to the grace period and escalate."""
-        self.cycle()
+    def run_once(self) -> bool:
+        """``--interval 0``: one cycle, then wait up to the grace period and escalate.
+
+        False when nothing could be observed, so that a one-shot run can fail visibly.
+        """
+        plan = self.cycle()
         if self.terminator.pending:
             self.terminator.wait(self.terminator.grace)
             self.escalate()
+        self.terminator.close()
+        return plan is not None
 
     def run_forever(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         next_cycle = clock()
         while not self._stop.is_set():
             now = clock()
             if now >= next_cycle:
-                self.cycle()
+                try:
+                    self.cycle()
+                except Exception:  # a bug must not end enforcement on the whole machine
+                    log.exception("enforcement cycle failed; trying again next cycle")
                 next_cycle = now + interval
             self.escalate()
             wake = next_cycle

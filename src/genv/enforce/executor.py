@@ -119,6 +119,11 @@ class Terminator:
             return Outcome.DENIED
         return Outcome.SIGNALLED
 
+    def in_progress(self, termination: Termination) -> bool:
+        """Whether this very process was signalled and its grace is not over yet."""
+        facts = termination.process.facts
+        return (facts.pid, facts.start_time) in self._pending
+
     # -- SIGKILL after the grace period ------------------------------------------------
 
     def next_deadline(self) -> float | None:

@@ -4,11 +4,13 @@ facts of every GPU process."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from genv.backends.base import GpuBackend
-from genv.domain.models import GpuSnapshot
+from genv.domain.models import Environment, GpuSnapshot
 from genv.domain.snapshot import ObservedProcess, Snapshot, Usage, index_by_eid, resolve
 from genv.store import State, Store
+from genv.system import users
 from genv.system.inspect import ProcessInspector
 from genv.system.watch import ProcessWatcher
 
@@ -38,7 +40,8 @@ def build_snapshot(gpus: GpuSnapshot, state: State, inspector: ProcessInspector)
     usage: dict[int, list[Usage]] = defaultdict(list)
     for process in gpus.processes:
         usage[process.pid].append(Usage(process.device_index, process.used_memory))
-    by_eid = index_by_eid(state.environments)
+    environments = owned_by_name(state.environments)
+    by_eid = index_by_eid(environments)
     observed = []
     for pid, items in sorted(usage.items()):
         facts = inspector.facts(pid)
@@ -50,7 +53,20 @@ def build_snapshot(gpus: GpuSnapshot, state: State, inspector: ProcessInspector)
     return Snapshot(
         devices=gpus.devices,
         processes=tuple(observed),
-        environments=state.environments,
+        environments=environments,
         attachments=state.attachments,
         unreadable_uids=state.unreadable_uids,
+    )
+
+
+def owned_by_name(environments: tuple[Environment, ...]) -> tuple[Environment, ...]:
+    """The environments with their owner's name as the system knows it.
+
+    The name in a record is whatever its owner wrote (``genv envs activate --username``); the
+    rules look users up by name (limits, exemptions, messages), so they must get the name of
+    the uid that owns the record, or anyone could pose as an exempt user.
+    """
+    return tuple(
+        env if env.username == (name := users.username(env.uid)) else replace(env, username=name)
+        for env in environments
     )

@@ -17,6 +17,11 @@ log = logging.getLogger("genv.enforce")
 
 DRY_RUN_PREFIX = "[dry-run] "
 
+# Every JSON line has all of these keys (null where one does not apply), so that log
+# pipelines can rely on them.
+RECORD_FIELDS = ("rule", "pid", "uid", "user", "environment", "device", "memory", "reason",
+                 "action")
+
 
 def _devices(indices: tuple[int, ...]) -> str:
     return ",".join(str(index) for index in indices)
@@ -31,7 +36,8 @@ class Reporter:
 
     def _emit(self, line: str, record: dict) -> None:
         if self.json_lines:
-            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record, "message": line}
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      **dict.fromkeys(RECORD_FIELDS), **record, "message": line}
             if self.dry_run:
                 record["dry_run"] = True
             self.stream.write(json.dumps(record) + "\n")
@@ -41,7 +47,7 @@ class Reporter:
 
     def finding(self, finding: Finding) -> None:
         self._emit(finding.message, {"rule": finding.rule, "action": "finding",
-                                     **finding.details})
+                                     "reason": finding.message, **finding.details})
 
     def terminating(self, termination: Termination) -> None:
         process = termination.process

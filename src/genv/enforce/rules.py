@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from genv.domain.memory import format_memory, parse_memory
+from genv.domain.memory import MemoryFormatError, format_memory, parse_memory
 from genv.domain.snapshot import Membership, ObservedProcess, Snapshot
 from genv.enforce.findings import Detachment, Finding, Termination
 
@@ -71,6 +71,18 @@ def _username(process: ObservedProcess) -> str:
     return facts.username or (f"uid {facts.uid}" if facts.uid is not None else "unknown user")
 
 
+def _process_details(process: ObservedProcess, devices: tuple[int, ...]) -> dict:
+    """What a finding about one process says about it, for --log-format json."""
+    return {
+        "pid": process.pid,
+        "uid": process.facts.uid,
+        "user": process.facts.username,
+        "environment": process.eid,
+        "device": list(devices),
+        "memory": format_memory(process.total_memory),
+    }
+
+
 def _newest_first(processes: list[ObservedProcess]) -> list[ObservedProcess]:
     return sorted(processes, key=lambda p: (p.facts.start_time or 0.0, p.pid), reverse=True)
 
@@ -93,6 +105,7 @@ def non_env_processes(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
                 terminations=(
                     Termination(process, NON_ENV_PROCESSES, message, process.devices),
                 ),
+                details=_process_details(process, process.devices),
             )
         )
     return findings
@@ -119,6 +132,7 @@ def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
                 ENV_DEVICES,
                 message,
                 terminations=(Termination(process, ENV_DEVICES, message, tuple(outside)),),
+                details=_process_details(process, tuple(outside)),
             )
         )
     return findings
@@ -140,7 +154,10 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
             capacity_text = capacities.get(index) or env.config.gpu_memory
             if not capacity_text:
                 continue
-            capacity = parse_memory(capacity_text)
+            try:
+                capacity = parse_memory(capacity_text)
+            except MemoryFormatError:
+                continue  # users write their own state files: no capacity is known
             on_device = [p for p in members if index in p.devices]
             used = sum(p.memory_on(index) for p in on_device)
             if used <= capacity:
@@ -159,7 +176,15 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
                 ),
                 ENV_MEMORY,
             )
-            findings.append(Finding(ENV_MEMORY, message, terminations=tuple(victims)))
+            findings.append(
+                Finding(
+                    ENV_MEMORY,
+                    message,
+                    terminations=tuple(victims),
+                    details={"uid": env.uid, "user": env.username, "environment": env.eid,
+                             "device": [index], "memory": format_memory(used)},
+                )
+            )
     return findings
 
 
@@ -213,8 +238,10 @@ def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding
         )
         busy = {
             index: any(
-                index in p.devices for a in attachments if a.device_index == index
-                for p in snapshot.members(envs[(a.uid, a.eid)]) if (a.uid, a.eid) in envs
+                index in p.devices
+                for a in attachments
+                if a.device_index == index and (a.uid, a.eid) in envs
+                for p in snapshot.members(envs[(a.uid, a.eid)])
             )
             for index in devices
         }
@@ -258,7 +285,8 @@ def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding
                 message,
                 terminations=tuple(terminations),
                 detachments=tuple(detachments),
-                details={"uid": uid, "user": username, "devices": len(devices), "over": over},
+                details={"uid": uid, "user": username, "device": devices,
+                         "devices": len(devices), "over": over},
             )
         )
     return findings
@@ -295,7 +323,15 @@ def max_memory_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]
             ),
             MAX_MEMORY_PER_USER,
         )
-        findings.append(Finding(MAX_MEMORY_PER_USER, message, terminations=tuple(victims)))
+        findings.append(
+            Finding(
+                MAX_MEMORY_PER_USER,
+                message,
+                terminations=tuple(victims),
+                details={"uid": processes[0].facts.uid, "user": username,
+                         "memory": format_memory(used)},
+            )
+        )
     return findings
 
 

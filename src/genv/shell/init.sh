@@ -2,20 +2,26 @@
 # Commands that change this shell print shell code, which the function evaluates. The
 # environment variable _GENV_SHELL_PID tells the program it runs under this function.
 
+# The genv program, started directly (no PATH lookup, no Python site scan).
+_genv_program() {
+  __GENV__ "$@"
+}
+
 genv() {
   case "${1-}" in
     activate|deactivate|attach|detach|config)
       local _genv_code _genv_rc
-      _genv_code="$(_GENV_SHELL_PID=$$ _GENV_PS1="${PS1-}" _GENV_PS1_SET="${PS1+1}" __GENV__ "$@")"
+      _genv_code="$(export _GENV_SHELL_PID=$$ _GENV_PS1="${PS1-}" _GENV_PS1_SET="${PS1+1}"
+                    _genv_program "$@")"
       _genv_rc=$?
       if [ -n "$_genv_code" ]; then eval "$_genv_code"; fi
       return $_genv_rc
       ;;
     shell)
-      _GENV_SHELL_PID=$$ __GENV__ "$@"
+      (export _GENV_SHELL_PID=$$; _genv_program "$@")
       ;;
     *)
-      __GENV__ "$@"
+      _genv_program "$@"
       ;;
   esac
 }

@@ -104,12 +104,16 @@ def config_lines(config: EnvConfig) -> list[str]:
 
 
 def find_home(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """The nearest ``.genv`` folder in ``start`` (default: the current folder) or above it."""
+    """The project folder: the nearest ``.genv`` in ``start`` (default: the current folder) or
+    above it, like git; else ``~/.genv``, where genv 1.4.3 also looked."""
     folder = Path(os.getcwd() if start is None else start).absolute()
     for candidate in (folder, *folder.parents):
         home = candidate / PROJECT_DIR
         if home.is_dir():
             return home
+    user_home = os.environ.get("HOME")
+    if user_home and (Path(user_home) / PROJECT_DIR).is_dir():
+        return Path(user_home) / PROJECT_DIR
     return None
 
 
@@ -144,14 +148,19 @@ def read_project(home: Path) -> dict[str, str | int | None]:
 
 def write_project(home: Path, config: EnvConfig) -> None:
     """One file per field that is set (genv 1.4.3's layout); a cleared field loses its file."""
-    home.mkdir(exist_ok=True)
     values = {"name": config.name, "gpus": config.gpus, "gpu-memory": config.gpu_memory}
-    for field, value in values.items():
-        path = home / field
-        if value is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_text(str(value), encoding="utf-8")
+    try:
+        home.mkdir(exist_ok=True)
+        for field, value in values.items():
+            path = home / field
+            if value is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_text(str(value), encoding="utf-8")
+    except OSError as error:
+        raise ShellError(
+            f"cannot save the configuration in {home}: {error.strerror or error}"
+        ) from None
 
 
 # -- steps ----------------------------------------------------------------------------------
@@ -169,8 +178,10 @@ def activate(
     """Register ``pid`` in ``eid`` (creating it), configure it, attach what it asks for.
 
     A new environment starts from the project's saved configuration; one being joined keeps
-    its own. ``changes`` (what the user typed) apply on top in both cases. When attaching
-    fails, ``pid`` is unregistered again so a failed activation leaves nothing behind.
+    its own. ``changes`` (what the user typed) apply on top in both cases. Devices are
+    attached only when a device count was applied here, so joining an environment never
+    changes its devices. When attaching fails, ``pid`` is unregistered again so a failed
+    activation leaves nothing behind.
     """
     with store.transaction() as tx:
         existed = tx.view().environment(eid, prefer_uid=store.caller_uid) is not None
@@ -179,7 +190,7 @@ def activate(
         settings.update(changes)
         env = tx.configure(eid, **settings) if settings else tx.environment(eid)
         indices = sorted(a.device_index for a in tx.view().attachments_of(env))
-    if attach and env.config.gpus is not None:
+    if attach and settings.get("gpus") is not None:
         try:
             indices = attach_devices(store, eid, over_subscribe=over_subscribe)
         except BaseException:

@@ -146,8 +146,12 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int) -> None:
         raise
 
 
-def open_lock_file(dir_fd: int, name: str) -> int:
-    """A descriptor to flock on. Opened read-only so a file made by any user serves everyone."""
+def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int:
+    """A descriptor to flock on. Opened read-only so a file made by any user serves everyone.
+
+    ``shown`` is how messages name the file (its full path); ``name`` by default.
+    """
+    shown = shown or name
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     for _ in range(3):
         try:
@@ -158,15 +162,23 @@ def open_lock_file(dir_fd: int, name: str) -> int:
                 os.fchmod(fd, FILE_MODE)
             except FileExistsError:
                 continue
+            except OSError as error:
+                raise StateError(
+                    f"cannot create the lock file {shown}: {error.strerror}"
+                ) from None
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise StateError(
+                    f"the lock file {shown} is a symbolic link; ask an admin to remove it"
+                ) from None
             raise StateError(
-                f"cannot open the lock file {name}: {error.strerror}; "
-                "ask an admin to remove it from the state folder"
+                f"cannot open the lock file {shown}: {error.strerror}; "
+                "ask an admin to remove it"
             ) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StateError(
-                f"the lock file {name} is not a regular file; ask an admin to remove it"
+                f"the lock file {shown} is not a regular file; ask an admin to remove it"
             )
         return fd
-    raise StateError(f"cannot create the lock file {name}")
+    raise StateError(f"cannot create the lock file {shown}")

@@ -151,7 +151,7 @@ class Store:
         longer raises StateError instead of waiting forever (the daemon must not stall).
         """
         dir_fd = self._dir()
-        lock_fd = safefs.open_lock_file(dir_fd, LOCK_NAME)
+        lock_fd = safefs.open_lock_file(dir_fd, LOCK_NAME, str(self.root / LOCK_NAME))
         try:
             _flock(lock_fd, timeout, self.root / LOCK_NAME)
             state, per_user = self._load()

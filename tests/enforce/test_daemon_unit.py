@@ -1,0 +1,97 @@
+"""The enforcement loop with its parts replaced: it survives what goes wrong in a cycle and
+says each problem once."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from genv.domain.models import GpuSnapshot
+from genv.domain.snapshot import Membership, ObservedProcess, ProcessFacts, Snapshot, Usage
+from genv.enforce.daemon import Enforcer
+from genv.enforce.executor import Detacher, Terminator
+from genv.enforce.findings import Finding, Termination
+from genv.enforce.report import RECORD_FIELDS, ProblemLog, Reporter
+from genv.enforce.rules import RuleConfig
+from genv.store import State
+
+EMPTY = Snapshot(devices=(), processes=(), environments=(), attachments=())
+
+
+class FlakyObserver:
+    """Fails in its first cycle with a bug, then sees an empty machine; stops the loop."""
+
+    def __init__(self, cycles: int) -> None:
+        self.calls = 0
+        self.cycles = cycles
+        self.enforcer: Enforcer | None = None
+
+    def observe(self):
+        self.calls += 1
+        if self.calls >= self.cycles:
+            self.enforcer.stop()
+        if self.calls == 1:
+            raise RuntimeError("a bug")
+        return EMPTY, GpuSnapshot((), ()), State()
+
+
+def enforcer_with(observer, stream: io.StringIO | None = None) -> Enforcer:
+    enforcer = Enforcer(
+        observer,
+        RuleConfig(),
+        Terminator(1),
+        Detacher(store=None),  # never reached: nothing to detach
+        Reporter(stream=stream or io.StringIO()),
+    )
+    observer.enforcer = enforcer
+    return enforcer
+
+
+def test_a_failing_cycle_does_not_end_the_daemon(caplog):
+    observer = FlakyObserver(cycles=3)
+    enforcer = enforcer_with(observer)
+    with caplog.at_level(logging.ERROR, logger="genv.enforce"):
+        enforcer.run_forever(0.01)
+    assert observer.calls == 3
+    assert "enforcement cycle failed" in caplog.text
+    assert "a bug" in caplog.text
+
+
+def test_problems_are_logged_when_they_appear_change_and_go(caplog):
+    problems = ProblemLog()
+    with caplog.at_level(logging.INFO, logger="genv.enforce"):
+        for _ in range(3):
+            problems.update({"state:a": "state file a is corrupt"})
+        problems.update({"state:a": "state file a is corrupt", "gpu:x": "GPU: x"})
+        problems.update({"gpu:x": "GPU: x"})
+        problems.update({})
+    assert [record.getMessage() for record in caplog.records] == [
+        "state file a is corrupt",
+        "GPU: x",
+        "resolved: state file a is corrupt",
+        "resolved: GPU: x",
+    ]
+
+
+def test_every_json_line_has_every_field():
+    stream = io.StringIO()
+    reporter = Reporter(json_lines=True, dry_run=True, stream=stream)
+    facts = ProcessFacts(42, 1.0, 0, "root", "python", None)
+    process = ObservedProcess(facts, (Usage(0, 10**9),), Membership.NO_ENV)
+    termination = Termination(process, "non-env-processes", "why", (0,), chosen=True)
+    reporter.finding(Finding("non-env-processes", "Process 42 is not running in a GPU "
+                             "environment", (termination,)))
+    reporter.terminating(termination)
+    reporter.killing(termination, 1)
+
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    assert [r["action"] for r in records] == ["finding", "terminate", "kill"]
+    for record in records:
+        assert {"time", "message", *RECORD_FIELDS} <= set(record)
+        assert record["dry_run"] is True
+    assert records[1]["memory"] == "1000m"
+    assert records[2]["message"] == (
+        "Killing process 42 from environment N/A, which did not exit within 1 seconds of SIGTERM"
+    )

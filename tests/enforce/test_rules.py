@@ -1,0 +1,620 @@
+"""The enforcement rules, on hand-made snapshots: what an admin reads and what gets done."""
+
+from __future__ import annotations
+
+from genv.domain.models import Attachment, Device, EnvConfig, Environment, RegisteredProcess
+from genv.domain.snapshot import (
+    Membership,
+    ObservedProcess,
+    ProcessFacts,
+    Snapshot,
+    Usage,
+    resolve,
+)
+from genv.enforce.findings import Detachment, Finding, Termination
+from genv.enforce.plan import combine
+from genv.enforce.rules import (
+    ENV_DEVICES,
+    ENV_MEMORY,
+    MAX_DEVICES_PER_USER,
+    MAX_MEMORY_PER_USER,
+    NON_ENV_PROCESSES,
+    RuleConfig,
+    env_devices,
+    env_memory,
+    max_devices_per_user,
+    max_memory_per_user,
+    non_env_processes,
+    survey,
+)
+
+ALICE, BOB = 1000, 1001
+NAMES = {0: "root", ALICE: "alice", BOB: "bob"}
+GI = 1024**3
+MI = 1024**2
+
+# Every rule off: tests switch on the one they look at.
+NONE = RuleConfig(env_devices=False, env_memory=False)
+
+
+def make_env(eid: str, uid: int = ALICE, gpu_memory: str | None = None) -> Environment:
+    return Environment(
+        eid=eid,
+        uid=uid,
+        username=NAMES.get(uid),
+        creation=1.0,
+        config=EnvConfig(gpu_memory=gpu_memory),
+        processes=(RegisteredProcess(10_000 + uid, 1.0),),
+    )
+
+
+def attached(env: Environment, index: int, at: float = 100.0,
+             gpu_memory: str | None = None) -> Attachment:
+    return Attachment(index, env.eid, env.uid, at, gpu_memory or env.config.gpu_memory)
+
+
+def process(
+    pid: int,
+    usage: dict[int, int],
+    env: Environment | None = None,
+    uid: int = ALICE,
+    started: float | None = None,
+    name: str = "python",
+    membership: Membership | None = None,
+    note: str = "",
+) -> ObservedProcess:
+    """A GPU process using ``usage`` bytes per device; in ``env`` when given."""
+    if membership is None:
+        membership = Membership.IN_ENV if env is not None else Membership.NO_ENV
+    facts = ProcessFacts(
+        pid=pid,
+        start_time=float(pid) if started is None else started,  # higher pid, newer process
+        uid=uid,
+        username=NAMES.get(uid),
+        name=name,
+        claimed_eid=env.eid if env is not None else None,
+    )
+    return ObservedProcess(
+        facts,
+        tuple(Usage(index, used) for index, used in usage.items()),
+        membership,
+        env if membership is Membership.IN_ENV else None,
+        note,
+    )
+
+
+def snapshot(processes=(), environments=(), attachments=(), devices: int = 4,
+             unreadable: frozenset[int] = frozenset()) -> Snapshot:
+    return Snapshot(
+        devices=tuple(
+            Device(index, f"GPU-{index}", "Simulated GPU", 80 * GI) for index in range(devices)
+        ),
+        processes=tuple(processes),
+        environments=tuple(environments),
+        attachments=tuple(attachments),
+        unreadable_uids=unreadable,
+    )
+
+
+def messages(findings: list[Finding]) -> list[str]:
+    return [finding.message for finding in findings]
+
+
+def terminated(findings: list[Finding]) -> list[int]:
+    return [t.process.pid for f in findings for t in f.terminations]
+
+
+def detached(findings: list[Finding]) -> list[tuple[str, int]]:
+    return [(d.eid, d.device_index) for f in findings for d in f.detachments]
+
+
+# -- which rules run -----------------------------------------------------------------------
+
+
+def test_defaults_are_env_devices_and_env_memory_only():
+    config = RuleConfig()
+    assert not config.non_env_processes
+    assert config.env_devices and config.env_memory
+    assert config.max_devices_per_user is None and config.max_memory_per_user is None
+
+
+def test_survey_runs_only_the_enabled_rules():
+    e1 = make_env("e1", gpu_memory="1g")
+    stray = process(100, {0: GI})
+    wrong_device = process(101, {1: GI}, env=e1)
+    over = process(102, {0: 2 * GI}, env=e1)
+    snap = snapshot([stray, wrong_device, over], [e1], [attached(e1, 0, 1.0)])
+
+    assert survey(snap, NONE) == []
+    rules = [
+        (RuleConfig(non_env_processes=True, env_devices=False, env_memory=False),
+         NON_ENV_PROCESSES),
+        (RuleConfig(env_devices=True, env_memory=False), ENV_DEVICES),
+        (RuleConfig(env_devices=False, env_memory=True), ENV_MEMORY),
+        (RuleConfig(env_devices=False, env_memory=False, max_devices_per_user=0),
+         MAX_DEVICES_PER_USER),
+        (RuleConfig(env_devices=False, env_memory=False, max_devices_for_user={"alice": 0}),
+         MAX_DEVICES_PER_USER),
+        (RuleConfig(env_devices=False, env_memory=False, max_memory_per_user="1g"),
+         MAX_MEMORY_PER_USER),
+        (RuleConfig(env_devices=False, env_memory=False, max_memory_for_user={"alice": "1g"}),
+         MAX_MEMORY_PER_USER),
+    ]
+    for config, rule in rules:
+        findings = survey(snap, config)
+        assert findings, rule
+        assert {finding.rule for finding in findings} == {rule}
+
+
+def test_default_survey_leaves_processes_outside_environments_alone():
+    snap = snapshot([process(100, {0: GI}), process(101, {1: GI}, uid=BOB)])
+    assert survey(snap, RuleConfig()) == []
+
+
+# -- non-environment processes -------------------------------------------------------------
+
+
+def test_non_env_process_message_and_termination():
+    e1 = make_env("e1")
+    inside = process(200, {0: GI}, env=e1)
+    outside = process(63600, {0: 7295 * MI, 2: MI})
+    snap = snapshot([inside, outside], [e1], [attached(e1, 0)])
+
+    findings = non_env_processes(snap, NONE)
+
+    assert messages(findings) == ["Process 63600 is not running in a GPU environment"]
+    (termination,) = findings[0].terminations
+    assert termination.process is outside
+    assert termination.devices == (0, 2)
+    assert termination.rule == NON_ENV_PROCESSES
+
+
+def test_impostor_is_outside_any_environment_and_said_to_claim_one_it_does_not_own():
+    e1 = make_env("e1", uid=ALICE)
+    facts = ProcessFacts(300, 5.0, BOB, "bob", "python", "e1")
+    membership, env, note = resolve(facts, (e1,), frozenset())
+    impostor = ObservedProcess(facts, (Usage(0, GI),), membership, env, note)
+    snap = snapshot([impostor], [e1], [attached(e1, 0)])
+
+    assert membership is Membership.IMPOSTOR
+    assert survey(snap, RuleConfig()) == []  # not a member: no env rule sees it
+    findings = survey(snap, RuleConfig(non_env_processes=True))
+    assert messages(findings) == [
+        "Process 300 is not running in a GPU environment: "
+        "it claims environment e1 of alice, which it does not own"
+    ]
+    assert terminated(findings) == [300]
+    assert detached(findings) == []
+
+
+def test_impostor_does_not_count_against_the_environment_it_claims():
+    e1 = make_env("e1", uid=ALICE, gpu_memory="2g")
+    own = process(301, {0: GI}, env=e1)
+    impostor = process(302, {0: 5 * GI}, uid=BOB, membership=Membership.IMPOSTOR,
+                       note="it claims environment e1 of alice, which it does not own")
+    snap = snapshot([own, impostor], [e1], [attached(e1, 0)])
+    assert survey(snap, RuleConfig(max_devices_per_user=1)) == []
+
+
+# -- environment devices -------------------------------------------------------------------
+
+
+def test_env_devices_message_names_only_the_non_attached_devices():
+    e1 = make_env("e1")
+    fine = process(122, {0: GI}, env=e1)
+    stray = process(123, {0: GI, 1: GI, 3: GI}, env=e1)
+    snap = snapshot([fine, stray], [e1], [attached(e1, 0)])
+
+    findings = env_devices(snap, NONE)
+
+    assert messages(findings) == [
+        "Process 123 from environment e1 is using non-attached GPU(s) 1,3"
+    ]
+    (termination,) = findings[0].terminations
+    assert termination.process is stray
+    assert termination.devices == (1, 3)
+    assert survey(snap, RuleConfig(env_devices=False, env_memory=False)) == []
+
+
+def test_env_devices_with_no_attachment_at_all():
+    e1 = make_env("e1")
+    snap = snapshot([process(123, {1: GI}, env=e1)], [e1], [])
+    assert messages(survey(snap, RuleConfig())) == [
+        "Process 123 from environment e1 is using non-attached GPU(s) 1"
+    ]
+
+
+def test_env_devices_looks_at_the_attachments_of_the_right_owner():
+    """Two users may pick the same environment id; attachments are per (owner, id)."""
+    alice_e1 = make_env("e1", uid=ALICE)
+    bob_e1 = make_env("e1", uid=BOB)
+    bobs = process(124, {1: GI}, env=bob_e1, uid=BOB)
+    snap = snapshot([bobs], [alice_e1, bob_e1], [attached(alice_e1, 1), attached(bob_e1, 0)])
+    assert messages(env_devices(snap, NONE)) == [
+        "Process 124 from environment e1 is using non-attached GPU(s) 1"
+    ]
+
+
+# -- environment memory capacity -----------------------------------------------------------
+
+
+def test_env_memory_message_is_in_decimal_megabytes_rounded_down():
+    e1 = make_env("e1", gpu_memory="2g")
+    snap = snapshot([process(400, {0: 3000 * MI}, env=e1)], [e1], [attached(e1, 0)])
+
+    findings = env_memory(snap, NONE)
+
+    assert messages(findings) == [
+        "Environment e1 is using 3145m on device 0 which is 1145m over its capacity of 2g"
+    ]
+    assert terminated(findings) == [400]
+    assert survey(snap, RuleConfig(env_memory=False)) == []
+
+
+def test_env_memory_terminates_newest_first_until_under_capacity():
+    e1 = make_env("e1", gpu_memory="2g")
+    oldest = process(401, {0: 1000 * MI}, env=e1, started=10.0)
+    middle = process(402, {0: 1000 * MI}, env=e1, started=20.0)
+    newest = process(403, {0: 1000 * MI}, env=e1, started=30.0)
+    snap = snapshot([middle, newest, oldest], [e1], [attached(e1, 0)])
+
+    findings = env_memory(snap, NONE)
+
+    # 1145m over: the newest frees 1048m, not enough; the next one too
+    assert terminated(findings) == [403, 402]
+    assert all(t.chosen for t in findings[0].terminations)
+    assert "newest process of environment e1" in findings[0].terminations[0].reason
+
+
+def test_env_memory_acts_only_on_devices_where_the_capacity_is_exceeded():
+    e1 = make_env("e1", gpu_memory="2g")
+    on_0 = process(410, {0: 3 * GI}, env=e1, started=1.0)
+    on_1 = process(411, {1: GI}, env=e1, started=2.0)  # newer, but device 1 is fine
+    snap = snapshot([on_0, on_1], [e1], [attached(e1, 0), attached(e1, 1)])
+
+    findings = env_memory(snap, NONE)
+
+    assert messages(findings) == [
+        "Environment e1 is using 3221m on device 0 which is 1221m over its capacity of 2g"
+    ]
+    assert terminated(findings) == [410]
+
+
+def test_env_memory_capacity_of_the_attachment_first_then_of_the_environment():
+    e1 = make_env("e1", gpu_memory="10g")
+    snap = snapshot(
+        [process(420, {0: 5 * GI}, env=e1), process(421, {1: 5 * GI}, env=e1)],
+        [e1],
+        [attached(e1, 0, gpu_memory="4g"), Attachment(1, "e1", ALICE, 100.0, None)],
+    )
+    findings = env_memory(snap, NONE)
+    assert messages(findings) == [
+        "Environment e1 is using 5368m on device 0 which is 1368m over its capacity of 4g"
+    ]
+    assert terminated(findings) == [420]
+
+
+def test_env_memory_without_a_capacity_or_under_it_finds_nothing():
+    e1 = make_env("e1")
+    e2 = make_env("e2", gpu_memory="4g")
+    snap = snapshot(
+        [process(430, {0: 70 * GI}, env=e1), process(431, {1: 4 * 10**9}, env=e2)],
+        [e1, e2],
+        [attached(e1, 0), attached(e2, 1)],
+    )
+    assert env_memory(snap, NONE) == []
+
+
+def test_env_memory_sums_the_processes_of_the_environment_only():
+    e1 = make_env("e1", gpu_memory="2g")
+    e2 = make_env("e2", gpu_memory="2g")
+    snap = snapshot(
+        [process(440, {0: 1500 * 10**6}, env=e1), process(441, {0: 1500 * 10**6}, env=e2),
+         process(442, {0: 10 * GI})],
+        [e1, e2],
+        [attached(e1, 0), attached(e2, 0)],
+    )
+    assert env_memory(snap, NONE) == []
+
+
+# -- devices per user ----------------------------------------------------------------------
+
+
+def test_max_devices_per_user_quick_start():
+    env = make_env("67609", uid=ALICE)
+    quickstart = process(67708, {0: 7295 * MI}, env=env)
+    snap = snapshot([quickstart], [env], [attached(env, 0)])
+
+    assert survey(snap, RuleConfig(max_devices_per_user=1)) == []
+    findings = survey(snap, RuleConfig(max_devices_per_user=0))
+
+    assert messages(findings) == [
+        "User alice is using 1 devices which is 1 more than the maximum allowed"
+    ]
+    assert terminated(findings) == [67708]
+    assert detached(findings) == [("67609", 0)]
+    (detachment,) = findings[0].detachments
+    assert (detachment.uid, detachment.username) == (ALICE, "alice")
+
+
+def test_max_devices_detaches_idle_devices_first_then_the_most_recent():
+    e1 = make_env("e1")
+    e2 = make_env("e2")
+    attachments = [
+        attached(e1, 0, at=1.0),  # busy, oldest: kept
+        attached(e1, 1, at=2.0),  # idle: goes first
+        attached(e2, 2, at=3.0),  # busy, most recent: goes second
+        attached(e1, 3, at=2.5),  # busy: kept
+    ]
+    on_0 = process(500, {0: GI}, env=e1)
+    on_2 = process(501, {2: GI}, env=e2)
+    on_3 = process(502, {3: GI}, env=e1)
+    snap = snapshot([on_0, on_2, on_3], [e1, e2], attachments)
+
+    findings = max_devices_per_user(snap, RuleConfig(max_devices_per_user=2))
+
+    assert messages(findings) == [
+        "User alice is using 4 devices which is 2 more than the maximum allowed"
+    ]
+    assert sorted(detached(findings)) == [("e1", 1), ("e2", 2)]
+    assert terminated(findings) == [501]  # runs on a detached device
+    assert all(d.chosen for d in findings[0].detachments)
+
+
+def test_max_devices_terminates_every_process_on_a_detached_device():
+    e1 = make_env("e1")
+    e2 = make_env("e2")
+    attachments = [attached(e1, 0, at=1.0), attached(e1, 1, at=2.0), attached(e2, 1, at=2.0)]
+    snap = snapshot(
+        [process(510, {0: GI}, env=e1), process(511, {1: GI}, env=e1),
+         process(512, {1: GI, 0: GI}, env=e2)],
+        [e1, e2],
+        attachments,
+    )
+    findings = max_devices_per_user(snap, RuleConfig(max_devices_per_user=1))
+    assert messages(findings) == [
+        "User alice is using 2 devices which is 1 more than the maximum allowed"
+    ]
+    assert sorted(detached(findings)) == [("e1", 1), ("e2", 1)]
+    assert sorted(terminated(findings)) == [511, 512]
+
+
+def test_max_devices_for_user_overrides_the_per_user_maximum():
+    alice_env = make_env("a", uid=ALICE)
+    bob_env = make_env("b", uid=BOB)
+    snap = snapshot(
+        [],
+        [alice_env, bob_env],
+        [attached(alice_env, 0), attached(alice_env, 1), attached(bob_env, 2),
+         attached(bob_env, 3)],
+    )
+    config = RuleConfig(max_devices_per_user=1, max_devices_for_user={"alice": 2})
+    assert messages(survey(snap, config)) == [
+        "User bob is using 2 devices which is 1 more than the maximum allowed"
+    ]
+    only_for = RuleConfig(max_devices_for_user={"bob": 0})
+    assert messages(survey(snap, only_for)) == [
+        "User bob is using 2 devices which is 2 more than the maximum allowed"
+    ]
+    assert sorted(detached(survey(snap, only_for))) == [("b", 2), ("b", 3)]
+
+
+def test_max_devices_counts_devices_not_attachments():
+    e1 = make_env("e1")
+    e2 = make_env("e2")
+    snap = snapshot([], [e1, e2], [attached(e1, 0), attached(e2, 0)])
+    assert survey(snap, RuleConfig(max_devices_per_user=1)) == []
+
+
+# -- GPU memory per user -------------------------------------------------------------------
+
+
+def test_max_memory_per_user_sums_across_devices_and_terminates_newest_first():
+    e1 = make_env("e1")
+    oldest = process(600, {0: 4 * 10**9}, env=e1, started=1.0)
+    middle = process(601, {1: 4 * 10**9}, started=2.0)  # outside environments counts too
+    newest = process(602, {0: 4 * 10**9}, env=e1, started=3.0)
+    bobs = process(603, {2: 9 * 10**9}, uid=BOB, started=4.0)
+    snap = snapshot([oldest, middle, newest, bobs], [e1], [attached(e1, 0), attached(e1, 1)])
+
+    findings = max_memory_per_user(snap, RuleConfig(max_memory_per_user="10g"))
+
+    assert messages(findings) == [
+        "User alice is using 12000m of GPU memory which is 2000m over the maximum of 10g"
+    ]
+    assert terminated(findings) == [602]
+
+
+def test_max_memory_for_user_overrides_the_per_user_maximum():
+    snap = snapshot([process(610, {0: 6 * GI}), process(611, {1: 6 * GI}, uid=BOB)])
+    config = RuleConfig(max_memory_per_user="8g", max_memory_for_user={"bob": "4g"})
+    assert messages(survey(snap, config)) == [
+        "User bob is using 6442m of GPU memory which is 2442m over the maximum of 4g"
+    ]
+    assert terminated(survey(snap, config)) == [611]
+    assert survey(snap, RuleConfig(max_memory_for_user={"alice": "7g"})) == []
+
+
+# -- exemptions and unknown processes ------------------------------------------------------
+
+
+def test_exempt_users_are_never_terminated_nor_detached():
+    alice_env = make_env("a", uid=ALICE, gpu_memory="1g")
+    procs = [
+        process(700, {0: 10 * GI}),  # alice, outside any environment
+        process(701, {1: 10 * GI}, env=alice_env),  # over capacity, on a non-attached device
+        process(702, {3: GI}, uid=BOB),
+    ]
+    snap = snapshot(procs, [alice_env], [attached(alice_env, 0), attached(alice_env, 2)])
+    config = RuleConfig(
+        non_env_processes=True, max_devices_per_user=0, max_memory_per_user="1m",
+        exempt_users=frozenset({"alice"}),
+    )
+    findings = survey(snap, config)
+    assert set(terminated(findings)) == {702}
+    assert detached(findings) == []
+
+
+def test_exempt_processes_by_executable_name_are_never_terminated():
+    e1 = make_env("e1", gpu_memory="1g")
+    xorg = process(800, {0: GI}, uid=0, name="Xorg")
+    in_env = process(801, {0: 3 * GI}, env=e1, name="Xorg", started=900.0)
+    other = process(802, {0: GI}, uid=0, name="python")
+    snap = snapshot([xorg, in_env, other], [e1], [attached(e1, 1)])
+    config = RuleConfig(non_env_processes=True, max_devices_per_user=0,
+                        max_memory_per_user="1m", exempt_processes=frozenset({"Xorg"}))
+    findings = survey(snap, config)
+    assert set(terminated(findings)) == {802}
+
+
+def test_unknown_membership_is_never_acted_on():
+    e1 = make_env("e1", gpu_memory="1g")
+    unknown = process(900, {0: 70 * GI, 1: GI}, uid=BOB, membership=Membership.UNKNOWN,
+                      note="its environment variables could not be read")
+    snap = snapshot([unknown], [e1], [attached(e1, 3)])
+    config = RuleConfig(non_env_processes=True, max_devices_per_user=0,
+                        max_memory_per_user="1m")
+    findings = survey(snap, config)
+    assert 900 not in terminated(findings)
+    assert all("900" not in message for message in messages(findings))
+
+
+# -- resolve -------------------------------------------------------------------------------
+
+
+def facts(uid: int | None, claimed: str | None, readable: bool = True) -> ProcessFacts:
+    return ProcessFacts(4242, 1.0, uid, NAMES.get(uid) if uid is not None else None,
+                        "python", claimed, environ_readable=readable)
+
+
+def test_resolve_own_environment():
+    e1 = make_env("e1", uid=ALICE)
+    assert resolve(facts(ALICE, "e1"), (e1,), frozenset()) == (Membership.IN_ENV, e1, "")
+
+
+def test_resolve_accepts_an_index_by_environment_id_too():
+    e1 = make_env("e1", uid=ALICE)
+    assert resolve(facts(ALICE, "e1"), {"e1": [e1]}, frozenset())[:2] == (
+        Membership.IN_ENV, e1)
+
+
+def test_resolve_picks_the_own_one_when_two_users_use_the_same_id():
+    alice_e1 = make_env("e1", uid=ALICE)
+    bob_e1 = make_env("e1", uid=BOB)
+    membership, env, _ = resolve(facts(BOB, "e1"), (alice_e1, bob_e1), frozenset())
+    assert (membership, env) == (Membership.IN_ENV, bob_e1)
+
+
+def test_resolve_root_in_a_container_started_from_an_environment():
+    e1 = make_env("e1", uid=ALICE)
+    assert resolve(facts(0, "e1"), (e1,), frozenset())[:2] == (Membership.IN_ENV, e1)
+
+
+def test_resolve_root_claiming_an_id_several_users_have_is_unknown():
+    membership, env, note = resolve(
+        facts(0, "e1"), (make_env("e1", uid=ALICE), make_env("e1", uid=BOB)), frozenset()
+    )
+    assert (membership, env) == (Membership.UNKNOWN, None)
+    assert "several users" in note
+
+
+def test_resolve_impostor():
+    e1 = make_env("e1", uid=ALICE)
+    membership, env, note = resolve(facts(BOB, "e1"), (e1,), frozenset())
+    assert (membership, env) == (Membership.IMPOSTOR, None)
+    assert note == "it claims environment e1 of alice, which it does not own"
+
+
+def test_resolve_unreadable_environ_is_unknown():
+    e1 = make_env("e1", uid=ALICE)
+    membership, env, note = resolve(facts(ALICE, None, readable=False), (e1,), frozenset())
+    assert (membership, env) == (Membership.UNKNOWN, None)
+    assert note == "its environment variables could not be read"
+
+
+def test_resolve_unreadable_state_of_the_claiming_user_is_unknown():
+    # bob's own records are unknown: his e1 may be among them
+    e1 = make_env("e1", uid=ALICE)
+    for claimed in ("e1", "e9"):
+        membership, env, note = resolve(facts(BOB, claimed), (e1,), frozenset({BOB}))
+        assert (membership, env) == (Membership.UNKNOWN, None)
+        assert "state file could not be read" in note
+    # root may belong to anyone's environment
+    assert resolve(facts(0, "e9"), (e1,), frozenset({BOB}))[0] is Membership.UNKNOWN
+
+
+def test_resolve_unreadable_state_of_another_user_does_not_matter():
+    assert resolve(facts(BOB, "e9"), (), frozenset({ALICE}))[0] is Membership.NO_ENV
+    e1 = make_env("e1", uid=ALICE)
+    assert resolve(facts(ALICE, "e1"), (e1,), frozenset({BOB}))[0] is Membership.IN_ENV
+
+
+def test_resolve_environment_that_ended_or_no_claim_is_outside():
+    # the store drops environments whose processes all exited
+    assert resolve(facts(ALICE, "e1"), (), frozenset()) == (Membership.NO_ENV, None, "")
+    assert resolve(facts(ALICE, None), (), frozenset()) == (Membership.NO_ENV, None, "")
+    assert resolve(facts(ALICE, ""), (), frozenset()) == (Membership.NO_ENV, None, "")
+
+
+# -- combining -----------------------------------------------------------------------------
+
+
+def test_combine_terminates_each_process_and_detaches_each_attachment_once():
+    e1 = make_env("e1", gpu_memory="1g")
+    both = process(1000, {1: 5 * GI}, env=e1)
+    snap = snapshot([both], [e1], [attached(e1, 0), attached(e1, 1)])
+    findings = survey(snap, RuleConfig(max_devices_per_user=0))
+    # env-devices? no: both devices attached; env-memory and max-devices both hit 1000
+    assert {f.rule for f in findings} == {ENV_MEMORY, MAX_DEVICES_PER_USER}
+
+    plan = combine(findings)
+
+    assert [t.process.pid for t in plan.terminations] == [1000]
+    assert plan.terminations[0].rule == ENV_MEMORY  # the first rule's reason is kept
+    assert sorted((d.eid, d.device_index) for d in plan.detachments) == [("e1", 0), ("e1", 1)]
+    assert plan.findings == tuple(findings)
+    assert not plan.empty
+
+
+def test_combine_dedups_repeated_detachments_and_terminations():
+    e1 = make_env("e1")
+    p = process(1100, {0: GI}, env=e1)
+    termination = Termination(p, "a", "reason a", (0,))
+    detachment = Detachment("e1", ALICE, "alice", 0, "a", "reason")
+    findings = [
+        Finding("a", "first", (termination,), (detachment,)),
+        Finding("b", "second", (Termination(p, "b", "reason b", (0,)),),
+                (Detachment("e1", ALICE, "alice", 0, "b", "other"),)),
+    ]
+    plan = combine(findings)
+    assert plan.terminations == (termination,)
+    assert plan.detachments == (detachment,)
+    assert combine([]).empty
+
+
+# -- what a user may have written into their own state file --------------------------------
+
+
+def test_unreadable_capacity_is_no_capacity_not_a_crash():
+    """Users own their state files: a capacity that is not a memory amount must not stop the
+    enforcer, which would then enforce nothing for anyone."""
+    e1 = make_env("e1", gpu_memory="lots")
+    e2 = make_env("e2", uid=BOB, gpu_memory="1g")
+    snap = snapshot(
+        [process(1200, {0: 5 * GI}, env=e1), process(1201, {1: 5 * GI}, env=e2, uid=BOB)],
+        [e1, e2],
+        [attached(e1, 0), attached(e2, 1)],
+    )
+    assert terminated(survey(snap, RuleConfig())) == [1201]
+
+
+def test_attachment_of_an_environment_not_in_the_snapshot_is_counted_safely():
+    e1 = make_env("e1")
+    gone = make_env("gone")
+    snap = snapshot([process(1300, {0: GI}, env=e1)], [e1], [attached(e1, 0), attached(gone, 1)])
+    findings = survey(snap, RuleConfig(max_devices_per_user=1))
+    assert messages(findings) == [
+        "User alice is using 2 devices which is 1 more than the maximum allowed"
+    ]
+    assert detached(findings) == [("gone", 1)]
+    assert terminated(findings) == []
