@@ -306,3 +306,15 @@ def test_query_rejects_unknown_fields(fake_machine, run_genv) -> None:
     assert result.rc == 2
     assert "Traceback" not in result.err
 
+
+
+@pytest.mark.parametrize("command", [("devices",), ("envs",)])
+def test_listing_flags_work_without_naming_ps(fake_machine, new_env, run_genv, command) -> None:
+    """`genv devices --format csv` lists like `genv devices ps --format csv`."""
+    new_env("e1")
+    short = run_genv(*command, "--format", "csv", "--no-header")
+    full = run_genv(*command, "ps", "--format", "csv", "--no-header")
+    assert short.rc == full.rc == 0, (short, full)
+    assert short.out == full.out
+    assert short.out.strip()
+    assert not short.out.startswith("ID")

@@ -32,13 +32,15 @@ def own_problem(state: State, uid: int) -> bool:
     return any(p.uid == uid or uid == 0 for p in state.problems)
 
 
-def add_table_arguments(parser: argparse.ArgumentParser, json_format: bool = True) -> None:
-    formats = ["csv", "tui", "json"] if json_format else ["csv", "tui"]
+def add_table_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The listing flags. Given both to ``genv devices`` and to ``genv devices ps`` so that
+    either spelling works; the subcommand's copy sets no defaults, to keep the parent's."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     parser.add_argument("--no-header", dest="header", action="store_false",
-                        help="Do not print column headers")
-    parser.add_argument("--timestamp", action="store_true",
+                        default=default(True), help="Do not print column headers")
+    parser.add_argument("--timestamp", action="store_true", default=default(False),
                         help="Print the stored time instead of how long ago it was")
-    parser.add_argument("--format", choices=formats, default="tui",
+    parser.add_argument("--format", choices=["csv", "tui", "json"], default=default("tui"),
                         help="Output format (default: tui)")
 
 

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="Accepted for compatibility: ended environments never show")
     parser.add_argument("--reset", action="store_true",
                         help="Detach every environment you may change (all of them, as root)")
+    common.add_table_arguments(parser)
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     attach = sub.add_parser("attach", help="Attach devices to an environment")
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     find.add_argument("--eid", required=True, help="Environment identifier")
 
     ps = sub.add_parser("ps", help="Print the devices and their attachments")
-    common.add_table_arguments(ps)
+    common.add_table_arguments(ps, defaults=False)
 
     query = sub.add_parser("query", help="Query devices")
     query.add_argument("--query", "--queries", dest="queries", nargs="+", required=True,
@@ -54,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
                 if tx.is_root or env.uid == tx.caller_uid:
                     tx.detach(env.eid, uid=env.uid)
     action = args.action or "ps"
-    if args.action is None:
-        args.format, args.header, args.timestamp = "tui", True, False
     return ACTIONS[action](store, args)
 
 

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="Accepted for compatibility: ended environments never show")
     parser.add_argument("--reset", action="store_true",
                         help="Remove every environment you may change (all of them, as root)")
+    common.add_table_arguments(parser)
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     activate = sub.add_parser("activate", help="Register a process or a Jupyter kernel")
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     who.add_argument("--kernel-id", help="Jupyter kernel identifier")
 
     ps = sub.add_parser("ps", help="Print the active environments")
-    common.add_table_arguments(ps)
+    common.add_table_arguments(ps, defaults=False)
 
     query = sub.add_parser("query", help="Query environments")
     query.add_argument("--eid", help="Environment identifier")
@@ -74,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if args.reset:
         _reset(store)
     action = args.action or "ps"
-    if action == "ps" and args.action is None:
-        args.format, args.header, args.timestamp = "tui", True, False
     return ACTIONS[action](store, args)
 
 

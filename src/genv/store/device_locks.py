@@ -49,9 +49,12 @@ def hold(
     ``on_wait(index)`` is called once before blocking on a lock someone else holds, so the
     user learns why nothing happens. Yields the indices locked.
     """
-    dir_fd = store._dir()  # the store's folder descriptor: no path is resolved again
     order = sorted(set(indices))
     descriptors: list[int] = []
+    if not order:
+        yield order
+        return
+    dir_fd = safefs.ensure_state_dir(store.root)  # checked like the store's own folder
     try:
         for index in order:
             fd = safefs.open_lock_file(dir_fd, lock_name(index))
@@ -66,3 +69,4 @@ def hold(
     finally:
         for fd in reversed(descriptors):
             os.close(fd)
+        os.close(dir_fd)
