@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
+    from genv.system.processes import KernelTracker
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
                     "nor terminated (permission); run it with sudo")
     raise_open_file_limit()
     watcher = ProcessWatcher()
-    store = Store(is_running=watcher.is_running)
+    store = Store(is_running=watcher.is_running,
+                  running_kernels=KernelTracker(watcher.is_running))
     enforcer = Enforcer(
         Observer(open_backend(), store, watcher),
         config,

@@ -301,7 +301,8 @@ def _attach(args: argparse.Namespace) -> int:
         session.attach_devices(Store(), eid, count=args.count, index=args.index,
                                over_subscribe=args.over_subscribe)
     script = Script(shell=_shell_pid() is not None)
-    _update_variables(script, eid)
+    if script.shell:
+        _update_variables(script, eid)
     script.emit()
     return 0
 
@@ -314,7 +315,8 @@ def _detach(args: argparse.Namespace) -> int:
     eid = session.require_eid()
     devices.detach(Store(), eid, args.index)
     script = Script(shell=_shell_pid() is not None)
-    _update_variables(script, eid)
+    if script.shell:
+        _update_variables(script, eid)
     script.emit()
     return 0
 

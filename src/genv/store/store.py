@@ -52,12 +52,15 @@ class Store:
         root: Path | None = None,
         caller_uid: int | None = None,
         is_running: Callable[[int, float | None], bool] | None = None,
+        running_kernels: Callable[[set[str]], set[str]] | None = None,
     ) -> None:
-        """``is_running(pid, start_time)`` decides liveness; the daemon passes a cheaper one."""
+        """``is_running(pid, start_time)`` and ``running_kernels(ids)`` decide liveness; the
+        daemon passes cheaper ones that remember what they saw."""
         self.root = Path(root) if root is not None else state_dir_from_env()
         self.caller_uid = os.getuid() if caller_uid is None else caller_uid
         self._dir_fd: int | None = None
         self._is_running = is_running or processes.is_running
+        self._running_kernels = running_kernels or processes.running_kernel_ids
         # Decoded files by (inode, mtime, size, owner): files are replaced by rename, so an
         # unchanged key means unchanged records, and a long-lived reader skips the parsing.
         self._decoded: dict[str, tuple[tuple[int, int, int, int], tuple[list, list]]] = {}
@@ -125,7 +128,7 @@ class Store:
                         f"to start over: mv {path} {path}.bad",
                     )
                 )
-        state = _live_state(per_user, problems, self._is_running)
+        state = _live_state(per_user, problems, self._is_running, self._running_kernels)
         return state, per_user
 
     def _cached(self, dir_fd: int, name: str, uid: int) -> tuple[list, list] | None:
@@ -188,18 +191,16 @@ def _live_state(
     per_user: dict[int, tuple[list[Environment], list[Attachment]]],
     problems: list[StateProblem],
     is_running: Callable[[int, float | None], bool],
+    running_kernels: Callable[[set[str]], set[str]],
 ) -> State:
     """Only what is still alive: environments with a running process or kernel."""
-    kernels: set[str] | None = None
+    wanted = {kernel for envs, _ in per_user.values() for env in envs for kernel in env.kernel_ids}
+    kernels = running_kernels(wanted) if wanted else set()
     environments: list[Environment] = []
     for envs, _ in per_user.values():
         for env in envs:
             running = tuple(p for p in env.processes if is_running(p.pid, p.start_time))
-            live_kernels: tuple[str, ...] = ()
-            if env.kernel_ids:
-                if kernels is None:
-                    kernels = processes.running_kernel_ids()
-                live_kernels = tuple(k for k in env.kernel_ids if k in kernels)
+            live_kernels = tuple(k for k in env.kernel_ids if k in kernels)
             if running or live_kernels:
                 environments.append(replace(env, processes=running, kernel_ids=live_kernels))
     alive = {(env.uid, env.eid) for env in environments}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 
 import psutil
 
@@ -31,15 +33,57 @@ def is_running(pid: int, started: float | None) -> bool:
     return current is not None and abs(current - started) <= START_TIME_TOLERANCE
 
 
-def running_kernel_ids() -> set[str]:
-    """Ids of the Jupyter kernels running on this machine, from their connection file argument."""
-    kernels: set[str] = set()
-    for process in psutil.process_iter(["cmdline"]):
+def kernel_processes() -> dict[str, tuple[int, float]]:
+    """Running Jupyter kernels: id -> (pid, start time), from their connection file argument."""
+    kernels: dict[str, tuple[int, float]] = {}
+    for process in psutil.process_iter(["cmdline", "create_time"]):
         for argument in process.info.get("cmdline") or ():
             match = _KERNEL_FILE.search(argument)
             if match:
-                kernels.add(match.group(1))
+                kernels[match.group(1)] = (process.pid, process.info.get("create_time") or 0.0)
     return kernels
+
+
+def running_kernel_ids(wanted: set[str]) -> set[str]:
+    """Which of ``wanted`` run now: one scan of every process, fine for a one-off command."""
+    return wanted & kernel_processes().keys()
+
+
+class KernelTracker:
+    """Which kernels run, for a reader that asks every few seconds (the daemon).
+
+    Scanning every process's command line is the expensive part, so kernels found once are
+    then followed by (pid, start time), and a new scan happens only when an id is asked for
+    that the last scan did not look for, or every ``rescan_after`` seconds while some asked-for
+    id is missing (a kernel being restarted keeps its id).
+    """
+
+    def __init__(
+        self,
+        is_running: Callable[[int, float | None], bool],
+        rescan_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._is_running = is_running
+        self._rescan_after = rescan_after
+        self._clock = clock
+        self._known: dict[str, tuple[int, float]] = {}
+        self._looked_for: set[str] = set()
+        self._last_scan = float("-inf")
+
+    def __call__(self, wanted: set[str]) -> set[str]:
+        alive = {
+            kernel for kernel in wanted
+            if kernel in self._known and self._is_running(*self._known[kernel])
+        }
+        missing = wanted - alive
+        stale = self._clock() - self._last_scan >= self._rescan_after
+        if missing and (missing - self._looked_for or stale):
+            self._known = kernel_processes()
+            self._looked_for = set(wanted)
+            self._last_scan = self._clock()
+            alive |= missing & self._known.keys()
+        return alive
 
 
 def process_uid(pid: int) -> int | None:
