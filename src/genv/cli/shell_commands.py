@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -435,8 +436,12 @@ def genv_command() -> str:
     instead. Neither a PATH lookup nor a version-manager shim (pyenv: ~50 ms) is paid. The
     current folder is never on that path, so no file in it can shadow a module.
     """
-    script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv else ""
-    paths = [p for p in sys.path if p and os.path.isabs(p) and p != script_dir]
+    # sys.path[0] is the script's folder, or the current folder under ``python -m``: never
+    # keep it. genv's own folder is added explicitly instead.
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in sys.path[1:] if p and os.path.isabs(p)]
+    if package_root not in paths:
+        paths.append(package_root)
     code = f"import sys;sys.path[:]={paths!r};from genv.cli.main import main;sys.exit(main())"
     return f"{quote(sys.executable)} -S -c {quote(code)}"
 
