@@ -32,6 +32,14 @@ def own_problem(state: State, uid: int) -> bool:
     return any(p.uid == uid or uid == 0 for p in state.problems)
 
 
+def add_parent_arguments(parser: argparse.ArgumentParser, reset_help: str) -> None:
+    """What ``genv envs`` and ``genv devices`` take before their action, as in genv 1.4.3."""
+    parser.add_argument("--no-cleanup", action="store_true",
+                        help="Accepted for compatibility: ended environments never show")
+    parser.add_argument("--reset", action="store_true", help=reset_help)
+    add_table_arguments(parser)
+
+
 def add_table_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
     """The listing flags. Given both to ``genv devices`` and to ``genv devices ps`` so that
     either spelling works; the subcommand's copy sets no defaults, to keep the parent's."""

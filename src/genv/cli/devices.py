@@ -16,11 +16,9 @@ QUERY_FIELDS = ("index", "eids", "total_memory", "attachments")
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--no-cleanup", action="store_true",
-                        help="Accepted for compatibility: ended environments never show")
-    parser.add_argument("--reset", action="store_true",
-                        help="Detach every environment you may change (all of them, as root)")
-    common.add_table_arguments(parser)
+    common.add_parent_arguments(
+        parser, "Detach every environment you may change (all of them, as root)"
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     attach = sub.add_parser("attach", help="Attach devices to an environment")

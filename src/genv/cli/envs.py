@@ -23,11 +23,9 @@ QUERIES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--no-cleanup", action="store_true",
-                        help="Accepted for compatibility: ended environments never show")
-    parser.add_argument("--reset", action="store_true",
-                        help="Remove every environment you may change (all of them, as root)")
-    common.add_table_arguments(parser)
+    common.add_parent_arguments(
+        parser, "Remove every environment you may change (all of them, as root)"
+    )
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     activate = sub.add_parser("activate", help="Register a process or a Jupyter kernel")
