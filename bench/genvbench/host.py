@@ -7,6 +7,7 @@ import os
 import platform
 import pwd
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -128,8 +129,6 @@ class ProcessPool:
 
 def fd_wait(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` exits within ``timeout`` seconds (a pidfd; no reaping)."""
-    import select
-
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:

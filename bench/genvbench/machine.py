@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,34 +124,36 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(temporary, path)
 
 
-def write_machine(path: Path, layout: Layout, extra: tuple[GpuProcess, ...] = ()) -> None:
+def write_machine(
+    path: Path, layout: Layout, extra: tuple[GpuProcess, ...] = (), nudge: int = 0
+) -> None:
+    """The description; ``nudge`` MiB more on the first process (a change, no violation)."""
     processes = [
         {"pid": p.sleeper.pid, "device": p.device, "used_memory": f"{p.memory_mi}mi"}
         for p in (*layout.processes, *extra)
     ]
+    if processes and nudge:
+        processes[0]["used_memory"] = f"{layout.processes[0].memory_mi + nudge}mi"
     document = {"devices": [{"total_memory": DEVICE_MEMORY}] * DEVICES, "processes": processes}
     write_atomic(path, json.dumps(document))
 
 
 # -- the project's state: through its own store, as root for each user ---------------------
 
+PROJECT_STATE = Path(__file__).with_name("project_state.py")
 
-def write_project_state(state_dir: Path, layout: Layout) -> None:
-    """Environments and attachments through ``genv.store`` (files end up owned by each user)."""
-    from genv.backends.fake import default_uuid
-    from genv.store import Store
 
+def write_project_state(state_dir: Path, layout: Layout, python: str) -> None:
+    """Environments and attachments through ``genv.store``, run by the project's interpreter
+    (``python``); the files end up owned by each user."""
     _clear(state_dir)
-    store = Store(root=state_dir, caller_uid=0)
-    try:
-        with store.transaction() as tx:
-            for env in layout.envs:
-                tx.activate(env.eid, env.user.uid, env.user.name, pid=env.keeper.pid)
-                tx.configure(env.eid, gpu_memory=env.capacity)
-                tx.attach(env.eid, [env.device], over_subscribed=True,
-                          uuids={env.device: default_uuid(env.device)})
-    finally:
-        store.close()
+    envs = [
+        {"eid": env.eid, "uid": env.user.uid, "username": env.user.name,
+         "pid": env.keeper.pid, "device": env.device, "capacity": env.capacity}
+        for env in layout.envs
+    ]
+    subprocess.run([python, str(PROJECT_STATE), str(state_dir)], input=json.dumps(envs),
+                   text=True, check=True, capture_output=True)
 
 
 # -- genv 1.4.3's state: the two JSON files it writes ---------------------------------------

@@ -98,7 +98,10 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 class OpenWatcher:
-    """Times at which a file in a folder is opened (inotify, read in a background thread)."""
+    """Times at which a file in a folder is opened (inotify, read in a background thread).
+
+    One for the whole run: the thread blocks in ``read`` for as long as the process lives.
+    """
 
     def __init__(self, path: Path) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -140,6 +143,3 @@ class OpenWatcher:
                 count += start <= moment < end
             last = moment
         return count
-
-    def close(self) -> None:
-        os.close(self._fd)

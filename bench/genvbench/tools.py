@@ -30,8 +30,20 @@ class Tool:
     def command(self, *arguments: str) -> list[str]:
         return [*self.genv, *arguments]
 
+    @property
+    def python(self) -> str:
+        """The interpreter of this tool's ``genv`` (its virtual environment's)."""
+        if len(self.genv) > 1:
+            return self.genv[0]
+        return str(Path(self.genv[0]).with_name("python"))
+
     def environment(self) -> dict[str, str]:
-        return {**os.environ, **self.env}
+        """This shell's environment without genv's variables, a library path or a ban on
+        byte-code files (installed tools have theirs), then this tool's."""
+        dropped = ("LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
+        inherited = {key: value for key, value in os.environ.items()
+                     if not key.startswith("GENV_") and key not in dropped}
+        return {**inherited, **self.env}
 
 
 def log(message: str) -> None:
@@ -79,25 +91,54 @@ def _has_peer(venv: Path) -> bool:
     return result.stdout.strip() == PEER_VERSION
 
 
-def project_genv() -> tuple[str, ...]:
-    """The project's console script next to this interpreter (not a pyenv shim, which
-    would add tens of milliseconds to every call), else ``python -m genv``."""
-    script = Path(sys.executable).parent / "genv"
-    if script.exists():
+def project_venv(out: Path) -> tuple[str, ...]:
+    """``genv`` of this checkout, installed (editable) into its own virtual environment.
+
+    Like genv 1.4.3 in its own: the same interpreter, and nothing else on its path (the base
+    interpreter here may run ``.pth`` hooks at every start, tens of milliseconds that are no
+    part of either tool). Falls back to the ``genv`` next to this interpreter.
+    """
+    venv = out / "project"
+    script = venv / "bin" / "genv"
+    if not _is_this_checkout(venv):
+        try:
+            if venv.exists():
+                shutil.rmtree(venv)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                           capture_output=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", str(REPO)],
+                           check=True, capture_output=True, timeout=600)
+        except (subprocess.SubprocessError, OSError) as error:
+            log(f"installing the project into {venv} failed ({error})")
+    if _is_this_checkout(venv):
         return (str(script),)
-    return (sys.executable, "-m", "genv")
+    log("using the genv next to this interpreter")
+    fallback = Path(sys.executable).parent / "genv"
+    return (str(fallback),) if fallback.exists() else (sys.executable, "-m", "genv")
 
 
-def make_tools(nvml_dir: Path, peer: Path, machine: Path, state: Path) -> list[Tool]:
+def _is_this_checkout(venv: Path) -> bool:
+    if not (venv / "bin" / "genv").exists():
+        return False
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import genv; print(genv.__file__)"],
+        capture_output=True, text=True, check=False,
+    )
+    return result.stdout.strip().startswith(str(REPO / "src"))
+
+
+def make_tools(
+    genv: tuple[str, ...], nvml_dir: Path, peer: Path, machine: Path, state: Path
+) -> list[Tool]:
     """The three tools, each with its own state folder under ``state``."""
     path = f"{STANDINS}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     common = {"GENV_FAKE_MACHINE": str(machine), "PATH": path}
     return [
-        Tool(PROJECT_NVML, project_genv(), {
+        Tool(PROJECT_NVML, genv, {
             **common, "GENV_TMPDIR": str(state / "project"), "GENV_GPU_BACKEND": "nvml",
             "LD_LIBRARY_PATH": str(nvml_dir),
         }),
-        Tool(PROJECT_SMI, project_genv(), {
+        Tool(PROJECT_SMI, genv, {
             **common, "GENV_TMPDIR": str(state / "project"), "GENV_GPU_BACKEND": "nvidia-smi",
         }),
         Tool(PEER, (str(peer / "bin" / "genv"),), {
@@ -107,17 +148,25 @@ def make_tools(nvml_dir: Path, peer: Path, machine: Path, state: Path) -> list[T
 
 
 def versions(tools: list[Tool]) -> dict[str, str]:
-    """``genv version`` of each tool, and the NVML binding the project uses."""
+    """``genv version`` of each tool, and the packages under the project's."""
     found = {}
     for tool in tools:
         result = subprocess.run(tool.command("version"), env=tool.environment(),
                                 capture_output=True, text=True, check=False)
         found[tool.name] = (result.stdout.strip() or result.stderr.strip()).splitlines()[0]
-    try:
-        from importlib.metadata import version
-
-        found["nvidia-ml-py"] = version("nvidia-ml-py")
-        found["psutil"] = version("psutil")
-    except Exception as error:  # noqa: BLE001 - informative only
-        found["nvidia-ml-py"] = f"unknown ({error})"
+    project = next(tool for tool in tools if not tool.is_peer)
+    for package in ("nvidia-ml-py", "psutil"):
+        code = f"import importlib.metadata as m; print(m.version({package!r}))"
+        result = subprocess.run([project.python, "-c", code], capture_output=True, text=True,
+                                check=False)
+        found[f"{package} (project)"] = result.stdout.strip() or "unknown"
+    found["C compiler"] = _first_line(["cc", "--version"])
     return found
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    return (result.stdout.strip() or "unknown").splitlines()[0]

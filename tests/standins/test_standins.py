@@ -1139,3 +1139,46 @@ def test_stand_in_nvml_symbols(nvml_dir: Path) -> None:
         "lost": "GPU is lost",
         "before_init": 1,  # NVML_ERROR_UNINITIALIZED
     }
+
+
+# Two snapshots in one process: the direct process-list path sizes its buffer from the first
+# answer, so the second (with more processes than that) must grow it.
+GROWING_SNAPSHOTS = textwrap.dedent(
+    """
+    import json, sys
+    from genv.backends.nvml import NvmlBackend
+    backend = NvmlBackend()
+    views = []
+    for step in ("first", "second"):
+        if step == "second":
+            with open(sys.argv[1], "w") as target:
+                target.write(sys.argv[2])
+        snapshot = backend.snapshot()
+        views.append(sorted([p.pid, p.device_index, p.used_memory] for p in snapshot.processes))
+    print(json.dumps(views))
+    """
+)
+
+
+def test_nvml_backend_lists_many_processes_and_grows_its_buffer(
+    nvml_dir: Path, machine: Path, sleepers
+) -> None:
+    """Hundreds of processes on one GPU, more than the backend's first buffer holds."""
+    processes = [sleepers() for _ in range(150)]
+    first = [{"pid": p.pid, "device": 0, "used_memory": "1mi"} for p in processes[:40]]
+    second = [
+        {"pid": p.pid, "device": i % 2, "used_memory": f"{i + 1}mi"}
+        for i, p in enumerate(processes)
+    ]
+    devices = [{"total_memory": "80gi"}, {"total_memory": "80gi"}]
+    write_machine(machine, {"devices": devices, "processes": first})
+    environment = dict(os.environ, GENV_FAKE_MACHINE=str(machine), LD_LIBRARY_PATH=str(nvml_dir))
+    result = subprocess.run(
+        [sys.executable, "-c", GROWING_SNAPSHOTS, str(machine),
+         json.dumps({"devices": devices, "processes": second})],
+        capture_output=True, text=True, env=environment, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    views = json.loads(result.stdout)
+    assert views[0] == sorted([p.pid, 0, MIB] for p in processes[:40])
+    assert views[1] == sorted([p.pid, i % 2, (i + 1) * MIB] for i, p in enumerate(processes))

@@ -7,6 +7,8 @@ more. Importing this module never touches the driver, so it works on machines wi
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +33,28 @@ _FAKE_HINT = (
 
 class _NoVariant(Exception):
     """No version of a process query exists in this binding/driver pair."""
+
+
+class _ProcessRecord(ctypes.Structure):
+    """``nvmlProcessInfo_t`` of nvml.h: the record of the ``_v2`` and ``_v3`` process lists."""
+
+    _fields_ = [
+        ("pid", ctypes.c_uint),
+        ("usedGpuMemory", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+    ]
+
+
+_RECORD = struct.Struct("@IQII")  # the same record, unpacked in bulk
+_DIRECT_CALLS = {
+    "Compute": "nvmlDeviceGetComputeRunningProcesses_v3",
+    "MPSCompute": "nvmlDeviceGetMPSComputeRunningProcesses_v3",
+}
+_NVML_SUCCESS = 0
+_NVML_ERROR_INSUFFICIENT_SIZE = 7
+_FIRST_CAPACITY = 64
+_ATTEMPTS = 4
 
 
 def _text(value: Any) -> str:
@@ -93,6 +117,10 @@ class NvmlBackend:
         self._names: dict[str, str] = {}
         # Which binding function answers a process query, once found (older drivers lack _v3).
         self._process_calls: dict[str, Callable[[Any], Any] | None] = {}
+        # The C process-list functions called directly (None: not available, use pynvml's),
+        # and how many records to make room for, per (kind, device uuid).
+        self._direct_calls: dict[str, Any] = {}
+        self._capacity: dict[tuple[str, str], int] = {}
 
     def _ensure_init(self) -> None:
         """``nvmlInit`` on first use only; a failure is a ``BackendError`` with a hint."""
@@ -154,7 +182,12 @@ class NvmlBackend:
         by_pid: dict[int, GpuProcess] = {}
         for kind in ("Compute", "MPSCompute"):
             try:
-                infos = self._query(kind, handle)
+                infos = self._direct_query(kind, handle, uuid)
+                if infos is None:
+                    infos = [
+                        (getattr(info, "pid", 0), getattr(info, "usedGpuMemory", None))
+                        for info in self._query(kind, handle)
+                    ]
             except Exception as error:  # NVMLError, or a binding that does not match the driver
                 optional = kind == "MPSCompute" and (
                     isinstance(error, _NoVariant)
@@ -164,17 +197,60 @@ class NvmlBackend:
                     label = "MPS" if kind == "MPSCompute" else "compute"
                     errors.append(f"device {index}: cannot list {label} processes: {_text(error)}")
                 continue
-            for info in infos:
-                pid = int(getattr(info, "pid", 0) or 0)
+            for pid, used in infos:
+                pid = int(pid or 0)
                 if pid in GARBAGE_PIDS or pid < 0:
                     continue
-                used = getattr(info, "usedGpuMemory", None)
                 used = None if used is None or int(used) >= _NOT_AVAILABLE else int(used)
                 previous = by_pid.get(pid)
                 if previous is not None and (used is None or previous.used_memory is not None):
                     continue
                 by_pid[pid] = GpuProcess(pid, index, uuid, used)
         return list(by_pid.values())
+
+    def _direct_query(
+        self, kind: str, handle: Any, uuid: str
+    ) -> list[tuple[int, int]] | None:
+        """The process list read straight into a ctypes buffer; None when not possible here.
+
+        pynvml asks twice per call (once for the count, once for the records) and turns each
+        record into a Python object through ``__getattribute__`` hooks; with thousands of GPU
+        processes that was most of the daemon's time. Sized from the previous answer, the
+        buffer is nearly always big enough for one call, and the records are unpacked in bulk.
+        """
+        function = self._direct_call(kind, handle)
+        if function is None:
+            return None
+        key = (kind, uuid)
+        capacity = self._capacity.get(key, _FIRST_CAPACITY)
+        for _ in range(_ATTEMPTS):
+            count = ctypes.c_uint(capacity)
+            records = (_ProcessRecord * capacity)()
+            status = function(handle, ctypes.byref(count), records)
+            if status == _NVML_ERROR_INSUFFICIENT_SIZE and count.value > capacity:
+                capacity = self._capacity[key] = count.value * 2 + 5  # as pynvml sizes it
+                continue
+            if status != _NVML_SUCCESS:
+                raise pynvml.NVMLError(status)
+            found = min(count.value, capacity)
+            self._capacity[key] = max(_FIRST_CAPACITY, found * 2 + 5)
+            data = ctypes.string_at(records, found * _RECORD.size)
+            return [(pid, used) for pid, used, _, _ in _RECORD.iter_unpack(data)]
+        raise pynvml.NVMLError(_NVML_ERROR_INSUFFICIENT_SIZE)  # it kept growing: next cycle
+
+    def _direct_call(self, kind: str, handle: Any) -> Any:
+        """The C function behind ``kind``'s ``_v3`` list, when ``handle`` is a real NVML handle
+        (not a test's stand-in object) and the driver has it."""
+        device_type = getattr(pynvml, "c_nvmlDevice_t", None)
+        if device_type is None or not isinstance(handle, device_type):
+            return None
+        if kind not in self._direct_calls:
+            self._direct_calls[kind] = None
+            lookup = getattr(pynvml, "_nvmlGetFunctionPointer", None)
+            if lookup is not None and ctypes.sizeof(_ProcessRecord) == _RECORD.size:
+                with contextlib.suppress(Exception):  # missing: pynvml's own calls instead
+                    self._direct_calls[kind] = lookup(_DIRECT_CALLS[kind])
+        return self._direct_calls[kind]
 
     def _query(self, kind: str, handle: Any) -> Any:
         """Call ``nvmlDeviceGet<kind>RunningProcesses``, falling back to ``_v2`` for old drivers.
@@ -207,6 +283,8 @@ class NvmlBackend:
             self._initialized = False
             self._names.clear()
             self._process_calls.clear()
+            self._direct_calls.clear()
+            self._capacity.clear()
             # Nothing useful to tell the user when shutdown fails.
             with contextlib.suppress(Exception):
                 pynvml.nvmlShutdown()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from genv.backends.base import BackendError
+from genv.domain.models import GpuSnapshot
 from genv.domain.snapshot import Membership, Snapshot
 from genv.enforce.executor import Detacher, Outcome, Terminator
 from genv.enforce.observe import Observer
@@ -24,6 +25,17 @@ from genv.enforce.rules import RuleConfig, survey
 from genv.store import State, StoreError
 
 log = logging.getLogger("genv.enforce")
+
+
+class _Memo:
+    """What one observation led to: its problems and its plan, once worked out."""
+
+    __slots__ = ("key", "problems", "plan")
+
+    def __init__(self, key: tuple[object, ...]) -> None:
+        self.key = key
+        self.problems: dict[str, str] | None = None
+        self.plan: Plan | None = None
 
 
 class Enforcer:
@@ -42,6 +54,7 @@ class Enforcer:
         self.reporter = reporter
         self.problems = ProblemLog()
         self._stop = threading.Event()
+        self._memo: _Memo | None = None
 
     # -- one cycle ---------------------------------------------------------------------
 
@@ -54,11 +67,27 @@ class Enforcer:
             problems["observe"] = f"cannot take a snapshot this cycle: {error}"
             self.problems.update(problems)
             return None
-        problems.update(_problems_of(snapshot, state, gpus.errors))
+        memo = self._memo_for(snapshot, gpus, state)
+        if memo.problems is None:
+            memo.problems = _problems_of(snapshot, state, gpus.errors)
+        problems.update(memo.problems)
         self.problems.update(problems)
-        plan = combine(survey(snapshot, self.config))
-        self.execute(plan)
-        return plan
+        if memo.plan is None:
+            memo.plan = combine(survey(snapshot, self.config))
+        self.execute(memo.plan)
+        return memo.plan
+
+    def _memo_for(self, snapshot: Snapshot, gpus: GpuSnapshot, state: State) -> _Memo:
+        """Where this cycle's problems and plan are kept. Both are pure functions of what was
+        observed and of the configuration, so they are reused while the observer hands back
+        the very same objects (nothing changed; see Observer.observe) under the same
+        configuration: a cycle on an unchanged machine runs no rule again."""
+        key = (snapshot, gpus, state, self.config)
+        if self._memo is None or not all(
+            a is b for a, b in zip(key, self._memo.key, strict=True)
+        ):
+            self._memo = _Memo(key)
+        return self._memo
 
     def execute(self, plan: Plan) -> None:
         # A process signalled in an earlier cycle is still on its way out (SIGKILL follows on

@@ -116,10 +116,14 @@ def non_env_processes(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
 
 def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
     findings = []
+    attached_of: dict[tuple[int, str], set[int]] = {}  # once per environment, not per process
     for process in snapshot.processes:
         if process.membership is not Membership.IN_ENV or process.env is None:
             continue
-        attached = snapshot.attached_indices(process.env)
+        key = (process.env.uid, process.env.eid)
+        attached = attached_of.get(key)
+        if attached is None:
+            attached = attached_of[key] = snapshot.attached_indices(process.env)
         outside = [index for index in process.devices if index not in attached]
         if not outside:
             continue
@@ -143,6 +147,7 @@ def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
 
 def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
     findings = []
+    parsed: dict[str, int | None] = {}  # capacity texts repeat across environments
     for env in snapshot.environments:
         members = snapshot.members(env)
         if not members:
@@ -150,15 +155,22 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
         capacities = {
             a.device_index: a.gpu_memory for a in snapshot.attachments_of(env) if a.gpu_memory
         }
-        for index in sorted({i for p in members for i in p.devices}):
+        if not capacities and not env.config.gpu_memory:
+            continue  # no capacity anywhere: nothing to check
+        on_devices: dict[int, list[ObservedProcess]] = defaultdict(list)
+        for p in members:
+            for i in p.devices:
+                on_devices[i].append(p)
+        for index in sorted(on_devices):
             capacity_text = capacities.get(index) or env.config.gpu_memory
             if not capacity_text:
                 continue
-            try:
-                capacity = parse_memory(capacity_text)
-            except MemoryFormatError:
+            if capacity_text not in parsed:
+                parsed[capacity_text] = _parse_capacity(capacity_text)
+            capacity = parsed[capacity_text]
+            if capacity is None:
                 continue  # users write their own state files: no capacity is known
-            on_device = [p for p in members if index in p.devices]
+            on_device = on_devices[index]
             used = sum(p.memory_on(index) for p in on_device)
             if used <= capacity:
                 continue
@@ -186,6 +198,13 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _parse_capacity(text: str) -> int | None:
+    try:
+        return parse_memory(text)
+    except MemoryFormatError:
+        return None
 
 
 def _greedy(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -121,6 +120,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int) -> None:
 
     No fsync: every record describes live processes, which a crash ends as well.
     """
+    import secrets  # only writers pay for it; readers (the daemon's one-shot run) do not
+
     temporary = f".{name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(
         temporary,

@@ -20,15 +20,22 @@ class ProcessInspector:
         self._cache: dict[int, ProcessFacts] = {}
         self._watcher = watcher
 
-    def facts(self, pid: int) -> ProcessFacts | None:
-        """Facts about ``pid``, or None when it is gone; what cannot be read is marked."""
+    def still_known(self, pid: int) -> bool:
+        """Whether the facts read about ``pid`` still hold: the very same process runs.
+
+        Answered from the watcher, without reading /proc; False when it cannot tell.
+        """
         cached = self._cache.get(pid)
-        if (
+        return (
             cached is not None
             and self._watcher is not None
             and self._watcher.is_running(pid, cached.start_time)
-        ):
-            return cached  # the very process we read before: nothing to read again
+        )
+
+    def facts(self, pid: int) -> ProcessFacts | None:
+        """Facts about ``pid``, or None when it is gone; what cannot be read is marked."""
+        if self.still_known(pid):
+            return self._cache[pid]  # the very process we read before: nothing to read again
         try:
             process = psutil.Process(pid)
             started = process.create_time()

@@ -1,0 +1,33 @@
+"""Writes the project's state for a layout, through the project's own store (``genv.store``).
+
+Run with the project's interpreter: ``python project_state.py STATE_DIR < layout.json``, the
+layout a JSON list of ``{"eid", "uid", "username", "pid", "device", "capacity"}``. As root,
+each user's state file ends up owned by that user, as if the user had written it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from genv.backends.fake import default_uuid
+from genv.store import Store
+
+
+def main() -> None:
+    envs = json.load(sys.stdin)
+    store = Store(root=Path(sys.argv[1]), caller_uid=0)
+    try:
+        with store.transaction() as tx:
+            for env in envs:
+                tx.activate(env["eid"], env["uid"], env["username"], pid=env["pid"])
+                tx.configure(env["eid"], gpu_memory=env["capacity"])
+                tx.attach(env["eid"], [env["device"]], over_subscribed=True,
+                          uuids={env["device"]: default_uuid(env["device"])})
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()

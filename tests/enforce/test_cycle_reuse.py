@@ -1,0 +1,105 @@
+"""A daemon cycle on an unchanged machine reuses the last snapshot and plan, and still sees
+the first change: a new process, a process that was replaced, a state change."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from genv.backends.fake import FakeBackend
+from genv.enforce.daemon import Enforcer
+from genv.enforce.executor import Detacher, Terminator
+from genv.enforce.observe import Observer
+from genv.enforce.report import Reporter
+from genv.enforce.rules import RuleConfig
+from genv.store import Store
+from genv.system.watch import ProcessWatcher
+
+
+@pytest.fixture
+def world(tmp_path):
+    machine = tmp_path / "machine.json"
+    children: list[subprocess.Popen] = []
+
+    def start(**env: str) -> subprocess.Popen:
+        child = subprocess.Popen(["sleep", "60"], env={**os.environ, **env})
+        children.append(child)
+        return child
+
+    def describe(*placements: tuple[subprocess.Popen, int]) -> None:
+        data = {"devices": [{"total_memory": "80gi"}] * 2,
+                "processes": [{"pid": p.pid, "device": d, "used_memory": "1gi"}
+                              for p, d in placements]}
+        temporary = machine.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data))
+        time.sleep(0.01)  # a distinct modification time
+        temporary.replace(machine)
+
+    watcher = ProcessWatcher()
+    store = Store(tmp_path / "state", is_running=watcher.is_running)
+    out = io.StringIO()
+    enforcer = Enforcer(
+        Observer(FakeBackend(machine), store, watcher),
+        RuleConfig(non_env_processes=True),
+        Terminator(grace=1),
+        Detacher(store),
+        Reporter(stream=out),
+    )
+    yield start, describe, store, enforcer, out
+    for child in children:
+        child.kill()
+        child.wait()
+    watcher.close()
+
+
+def test_unchanged_machine_reuses_the_snapshot_and_the_plan(world):
+    start, describe, store, enforcer, out = world
+    anchor = start()
+    with store.transaction() as tx:
+        tx.activate("e1", os.getuid(), pid=anchor.pid)
+        tx.attach("e1", [0])
+    member = start(GENV_ENVIRONMENT_ID="e1")
+    describe((member, 0))
+
+    first = enforcer.cycle()
+    snapshot = enforcer.observer.observe()[0]
+    second = enforcer.cycle()
+    assert first is not None and first.empty
+    assert second is first  # nothing changed: the plan was not worked out again
+    assert enforcer.observer.observe()[0] is snapshot
+    assert out.getvalue() == ""
+
+
+def test_a_new_stray_process_is_caught_on_the_next_cycle(world):
+    start, describe, store, enforcer, out = world
+    quiet = start()
+    describe()
+    assert enforcer.cycle().empty
+    describe((quiet, 1))
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [quiet.pid]
+    assert f"Process {quiet.pid} is not running in a GPU environment" in out.getvalue()
+    assert quiet.wait(timeout=5) == -15
+
+
+def test_a_state_change_is_seen_even_when_the_gpus_read_the_same(world):
+    start, describe, store, enforcer, out = world
+    anchor = start()
+    with store.transaction() as tx:
+        tx.activate("e1", os.getuid(), pid=anchor.pid)
+        tx.attach("e1", [0])
+    member = start(GENV_ENVIRONMENT_ID="e1")
+    describe((member, 0))
+    assert enforcer.cycle().empty
+    with store.transaction() as tx:
+        tx.detach("e1", 0)
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [member.pid]
+    assert f"Process {member.pid} from environment e1 is using non-attached GPU(s) 0" in (
+        out.getvalue()
+    )
