@@ -29,16 +29,18 @@
  * a program that looks up any other symbol gets NVML_ERROR_FUNCTION_NOT_FOUND from pynvml.
  */
 
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* syscall(), for pidfd_open */
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -940,15 +942,133 @@ static int pid_alive(unsigned long long pid)
 /*
  * Liveness is found once per snapshot generation: a generation starts at each
  * nvmlDeviceGetCount, which is how every reader begins a pass over the devices. A real driver
- * knows its processes without reading /proc; without this, the stand-in's own /proc reads
- * (three per process per pass) would dominate what a benchmark of its callers measures.
+ * knows its processes without reading /proc; so that the stand-in's own cost does not swamp
+ * what a benchmark of its callers measures, a process found alive is then followed through a
+ * pidfd (readable once it exits), and one poll() per generation tells which of them exited.
+ * Processes nobody asked about during a generation are let go.
  */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+struct watch {
+    unsigned long long pid; /* 0: empty slot */
+    int fd;
+    unsigned long long seen; /* the last generation it was asked about */
+};
+
 static unsigned long long g_generation = 1;
+static struct watch *g_watch;
+static size_t g_watch_capacity, g_watch_count;
+static struct pollfd *g_pollfds;
+
+static struct watch *watch_slot(struct watch *table, size_t capacity, unsigned long long pid)
+{
+    size_t i = (size_t)(pid * 2654435761ULL) & (capacity - 1);
+    while (table[i].pid && table[i].pid != pid)
+        i = (i + 1) & (capacity - 1);
+    return &table[i];
+}
+
+/* Start a generation: drop the processes that exited or that nobody asked about. */
+static void watch_new_generation(void)
+{
+    size_t n = 0, kept = 0, capacity = 64;
+    struct watch *table;
+
+    g_generation++;
+    if (!g_watch_count)
+        return;
+    free(g_pollfds);
+    g_pollfds = calloc(g_watch_count, sizeof *g_pollfds);
+    if (!g_pollfds)
+        return;
+    for (size_t i = 0; i < g_watch_capacity; i++)
+        if (g_watch[i].pid) {
+            g_pollfds[n].fd = g_watch[i].fd;
+            g_pollfds[n].events = POLLIN;
+            n++;
+        }
+    if (poll(g_pollfds, (nfds_t)n, 0) < 0)
+        for (size_t i = 0; i < n; i++)
+            g_pollfds[i].revents = POLLIN; /* cannot tell: look again the slow way */
+    while (capacity < 4 * g_watch_count)
+        capacity *= 2;
+    table = calloc(capacity, sizeof *table);
+    if (!table)
+        return;
+    n = 0;
+    for (size_t i = 0; i < g_watch_capacity; i++) {
+        struct watch *w = &g_watch[i];
+        if (!w->pid)
+            continue;
+        if ((g_pollfds[n++].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) ||
+            w->seen + 1 < g_generation) {
+            close(w->fd);
+            continue;
+        }
+        *watch_slot(table, capacity, w->pid) = *w;
+        kept++;
+    }
+    free(g_watch);
+    g_watch = table;
+    g_watch_capacity = capacity;
+    g_watch_count = kept;
+}
+
+static void watch_add(unsigned long long pid)
+{
+    int fd;
+    if (!g_watch || 4 * (g_watch_count + 1) > g_watch_capacity) {
+        size_t capacity = g_watch_capacity ? g_watch_capacity * 2 : 64;
+        struct watch *table = calloc(capacity, sizeof *table);
+        if (!table)
+            return;
+        for (size_t i = 0; i < g_watch_capacity; i++)
+            if (g_watch[i].pid)
+                *watch_slot(table, capacity, g_watch[i].pid) = g_watch[i];
+        free(g_watch);
+        g_watch = table;
+        g_watch_capacity = capacity;
+    }
+    fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd < 0)
+        return; /* no pidfds (old kernel, no descriptors left): the slow way every time */
+    if (!pid_alive(pid)) { /* it exited, or was replaced, meanwhile */
+        close(fd);
+        return;
+    }
+    struct watch *slot = watch_slot(g_watch, g_watch_capacity, pid);
+    slot->pid = pid;
+    slot->fd = fd;
+    slot->seen = g_generation;
+    g_watch_count++;
+}
+
+static void watch_close(void)
+{
+    for (size_t i = 0; i < g_watch_capacity; i++)
+        if (g_watch[i].pid)
+            close(g_watch[i].fd);
+    free(g_watch);
+    free(g_pollfds);
+    g_watch = NULL;
+    g_pollfds = NULL;
+    g_watch_capacity = g_watch_count = 0;
+}
 
 static int process_alive(struct fake_process *p)
 {
     if (p->alive_generation != g_generation) {
-        p->alive = pid_alive(p->pid);
+        struct watch *w = g_watch ? watch_slot(g_watch, g_watch_capacity, p->pid) : NULL;
+        if (w && w->pid) {
+            p->alive = 1; /* its pidfd was not readable when this generation began */
+            w->seen = g_generation;
+        } else {
+            p->alive = pid_alive(p->pid);
+            if (p->alive && p->pid <= INT_MAX)
+                watch_add(p->pid);
+        }
         p->alive_generation = g_generation;
     }
     return p->alive;
@@ -964,7 +1084,7 @@ static nvmlReturn_t enter(int force)
         return NVML_ERROR_UNINITIALIZED;
     }
     if (force)
-        g_generation++;
+        watch_new_generation();
     ret = refresh(force);
     if (ret != NVML_SUCCESS)
         pthread_mutex_unlock(&g_lock);
@@ -1075,6 +1195,7 @@ EXPORT nvmlReturn_t nvmlShutdown(void)
         free(g_path);
         g_path = NULL;
         g_identity.valid = 0;
+        watch_close();
     }
     return leave(NVML_SUCCESS);
 }
