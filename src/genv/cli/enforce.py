@@ -114,10 +114,14 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         log.warning("not running as root: other users' GPU processes can be neither identified "
                     "nor terminated (permission); run it with sudo")
-    raise_open_file_limit()
-    watcher = ProcessWatcher()
-    store = Store(is_running=watcher.is_running,
-                  running_kernels=KernelTracker(watcher.is_running))
+    if args.interval == 0:
+        watcher = None  # one cycle: nothing to follow from one cycle to the next
+        store = Store()
+    else:
+        raise_open_file_limit()  # the watcher holds one descriptor per process
+        watcher = ProcessWatcher()
+        store = Store(is_running=watcher.is_running,
+                      running_kernels=KernelTracker(watcher.is_running))
     enforcer = Enforcer(
         Observer(open_backend(), store, watcher),
         config,

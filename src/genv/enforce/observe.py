@@ -23,7 +23,10 @@ class Observer:
     nothing from /proc.
     """
 
-    def __init__(self, backend: GpuBackend, store: Store, watcher: ProcessWatcher) -> None:
+    def __init__(
+        self, backend: GpuBackend, store: Store, watcher: ProcessWatcher | None = None
+    ) -> None:
+        """``watcher`` pays off from the second cycle on; a one-shot run goes without."""
         self.backend = backend
         self.store = store
         self.watcher = watcher
@@ -37,7 +40,8 @@ class Observer:
         the very process read then, the snapshot would be built again identical: the objects
         of last cycle are returned instead (the same objects, so that callers can tell).
         """
-        self.watcher.refresh()
+        if self.watcher is not None:
+            self.watcher.refresh()
         gpus = self.backend.snapshot(processes=True)
         state = self.store.read()
         last = self._last
