@@ -301,7 +301,8 @@ def commands_section(results: dict[str, Any]) -> list[str]:
     return [
         "## 5. Commands people wait on",
         "",
-        "Median wall time of a whole command (E=60, P=300), run as root: the project lives "
+        f"Median wall time of a whole command, of {len(found[PEER]['genv devices']['wall_s'])} "
+        "runs (E=60, P=300), run as root: the project lives "
         "in an interpreter under /root, which the simulated users cannot reach. "
         "`genv envs activate` registers a process in a new environment each time.",
         "",
