@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,9 @@ def main() -> int:
               file=sys.stderr)
         return 2
     out.mkdir(exist_ok=True)
+    # Stopped with SIGTERM (a CI timeout, kill): unwind like Ctrl-C, so that the users and
+    # processes it made are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     settings = Settings.quick() if args.quick else Settings.full()
     results = Bench(settings, out).run()
