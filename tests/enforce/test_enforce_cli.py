@@ -10,19 +10,10 @@ import sys
 import time
 
 import pytest
+from enforce_helpers import IGNORES_SIGTERM, not_in_env
 
 HEADER = "ID      ENV ID      ENV NAME        ATTACHED"
 
-IGNORES_SIGTERM = (
-    "import signal, time\n"
-    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(60)\n"
-)
-
-
-def not_in_env(pid: int) -> str:
-    return f"Process {pid} is not running in a GPU environment"
 
 
 def terminating(pid: int, eid: str = "N/A", devices: str = "0") -> str:

@@ -8,17 +8,7 @@ import sys
 import time
 
 import pytest
-
-IGNORES_SIGTERM = (
-    "import signal, time\n"
-    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(60)\n"
-)
-
-
-def not_in_env(pid: int) -> str:
-    return f"Process {pid} is not running in a GPU environment"
+from enforce_helpers import IGNORES_SIGTERM, not_in_env
 
 
 def started(daemon) -> None:
