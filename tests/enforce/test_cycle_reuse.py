@@ -57,14 +57,20 @@ def world(tmp_path):
     watcher.close()
 
 
-def test_unchanged_machine_reuses_the_snapshot_and_the_plan(world):
-    start, describe, store, enforcer, out = world
+def env_with_member(start, describe, store) -> subprocess.Popen:
+    """Environment e1 (kept alive by a process) on device 0, and a GPU process of it there."""
     anchor = start()
     with store.transaction() as tx:
         tx.activate("e1", os.getuid(), pid=anchor.pid)
         tx.attach("e1", [0])
     member = start(GENV_ENVIRONMENT_ID="e1")
     describe((member, 0))
+    return member
+
+
+def test_unchanged_machine_reuses_the_snapshot_and_the_plan(world):
+    start, describe, store, enforcer, out = world
+    env_with_member(start, describe, store)
 
     first = enforcer.cycle()
     snapshot = enforcer.observer.observe()[0]
@@ -89,12 +95,7 @@ def test_a_new_stray_process_is_caught_on_the_next_cycle(world):
 
 def test_a_state_change_is_seen_even_when_the_gpus_read_the_same(world):
     start, describe, store, enforcer, out = world
-    anchor = start()
-    with store.transaction() as tx:
-        tx.activate("e1", os.getuid(), pid=anchor.pid)
-        tx.attach("e1", [0])
-    member = start(GENV_ENVIRONMENT_ID="e1")
-    describe((member, 0))
+    member = env_with_member(start, describe, store)
     assert enforcer.cycle().empty
     with store.transaction() as tx:
         tx.detach("e1", 0)
