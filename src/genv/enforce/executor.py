@@ -21,7 +21,7 @@ import psutil
 
 from genv.enforce.findings import Detachment, Termination
 from genv.store import Store, StoreError
-from genv.system.processes import START_TIME_TOLERANCE
+from genv.system.processes import START_TIME_TOLERANCE, start_time
 
 
 class Outcome(Enum):
@@ -91,7 +91,7 @@ class Terminator:
             else:
                 # The pidfd names whatever process had the pid when it was opened; if that
                 # process still has the start time the snapshot saw, it is the same one.
-                current = _start_time(pid)
+                current = start_time(pid)
                 if current is None:
                     os.close(fd)
                     return Outcome.GONE
@@ -187,12 +187,6 @@ class Terminator:
         for key in list(self._pending):
             self._forget(key)
 
-
-def _start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
 
 
 class Detacher:

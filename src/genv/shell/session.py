@@ -17,6 +17,8 @@ from genv.domain.models import EnvConfig, Environment
 from genv.store import Store
 from genv.store.errors import StoreError
 
+# The same name as genv.system.processes.ENVIRONMENT_VARIABLE, spelled here because this module
+# is on activation's fast path and that one imports psutil.
 ENVIRONMENT_ID = "GENV_ENVIRONMENT_ID"
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 ENVIRONMENT_NAME = "GENV_ENVIRONMENT_NAME"

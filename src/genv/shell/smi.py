@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from genv.domain.memory import parse_memory
 from genv.domain.models import Device, GpuProcess
 from genv.shell import session
+from genv.system.processes import environment_claim
 
 MIB = 1024**2
 NO_DEVICES = "No devices were found"
@@ -152,12 +153,8 @@ def environment_view(eid: str) -> View:
 
 def belongs_to(pid: int, eid: str) -> bool:
     """Whether ``pid`` carries this environment's id; unreadable means not ours to show."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as file:
-            data = file.read()
-    except OSError:
-        return False
-    return f"{session.ENVIRONMENT_ID}={eid}".encode() in data.split(b"\0")
+    claim = environment_claim(pid)
+    return claim is not None and claim[0] == eid
 
 
 def _only(view: View, devices: list[Device]) -> View:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import psutil
 
 from genv.domain.snapshot import ProcessFacts
-from genv.system import users
+from genv.system import processes, users
 from genv.system.watch import ProcessWatcher
-
-ENV_VAR = "GENV_ENVIRONMENT_ID"
 
 
 class ProcessInspector:
@@ -53,7 +51,7 @@ class ProcessInspector:
             return None
         except psutil.AccessDenied:
             uid, name = None, "?"
-        claim = _claim(process)
+        claim = processes.environment_claim(pid)
         if claim is None:
             return None
         claimed, readable = claim
@@ -73,39 +71,3 @@ class ProcessInspector:
         """Forget processes no longer on any GPU, so the cache stays as small as the machine."""
         for pid in [pid for pid in self._cache if pid not in pids]:
             del self._cache[pid]
-
-
-_MARKER = b"\0" + ENV_VAR.encode() + b"="
-
-
-def _claim(process: psutil.Process) -> tuple[str | None, bool] | None:
-    """The environment ``process`` claims and whether its environment could be read at all;
-    None when it is gone.
-
-    Read straight from /proc/PID/environ and searched for the one variable: psutil's
-    ``environ()`` parses every variable of every process into a dict, which was the largest
-    part of a one-shot cycle.
-    """
-    try:
-        with open(f"/proc/{process.pid}/environ", "rb") as environ:
-            data = b"\0" + environ.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:  # PermissionError above all: another user's process, without root
-        return None, False
-    if data == b"\0":  # nothing at all: a zombie, or a process that cleared its environment
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.NoSuchProcess:
-            return None
-        except psutil.Error:
-            pass
-        return None, True
-    start = data.find(_MARKER)
-    if start < 0:
-        return None, True
-    start += len(_MARKER)
-    end = data.find(b"\0", start)
-    value = data[start:] if end < 0 else data[start:end]
-    return value.decode(errors="replace") or None, True

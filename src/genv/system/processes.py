@@ -9,6 +9,10 @@ from collections.abc import Callable
 
 import psutil
 
+# Set in every process of an environment: how a process says which environment it is in.
+ENVIRONMENT_VARIABLE = "GENV_ENVIRONMENT_ID"
+_MARKER = b"\0" + ENVIRONMENT_VARIABLE.encode() + b"="
+
 # Two reads of one process's start time agree exactly; a reused pid starts later.
 START_TIME_TOLERANCE = 0.05
 
@@ -96,3 +100,36 @@ def process_uid(pid: int) -> int | None:
 
 def current_uid() -> int:
     return os.getuid()
+
+
+def environment_claim(pid: int) -> tuple[str | None, bool] | None:
+    """The environment ``pid`` claims (``GENV_ENVIRONMENT_ID``) and whether its environment
+    could be read at all; None when the process is gone (a zombie counts as gone).
+
+    Read straight from /proc/PID/environ and searched for the one variable: psutil's
+    ``environ()`` parses every variable of every process into a dict, which was the largest
+    part of a one-shot enforcement cycle.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            data = b"\0" + environ.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:  # PermissionError above all: another user's process, without root
+        return None, False
+    if data == b"\0":  # nothing at all: a zombie, or a process that cleared its environment
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.Error:
+            pass
+        return None, True
+    start = data.find(_MARKER)
+    if start < 0:
+        return None, True
+    start += len(_MARKER)
+    end = data.find(b"\0", start)
+    value = data[start:] if end < 0 else data[start:end]
+    return value.decode(errors="replace") or None, True
