@@ -31,11 +31,18 @@ class GpuProcess:
 
 @dataclass(frozen=True)
 class GpuSnapshot:
-    """What the GPUs look like at one moment; ``errors`` lists devices or calls that failed."""
+    """What the GPUs look like at one moment; ``errors`` lists devices or calls that failed.
+
+    ``partial`` is true when some device or process list could not be read this time (a
+    driver error, a device lost): what is missing is unknown, not absent, so nothing may be
+    terminated on such a view. A note that loses no process (memory not reported on a
+    unified-memory part) goes to ``errors`` without making the view partial.
+    """
 
     devices: tuple[Device, ...]
     processes: tuple[GpuProcess, ...]
     errors: tuple[str, ...] = ()
+    partial: bool = False
 
     def device(self, index: int) -> Device | None:
         for device in self.devices:

@@ -1,0 +1,140 @@
+"""Reading one process from /proc, cheaply and without trusting what it says about itself.
+
+A process is named by its pid *and* its start: the clock ticks since boot at which it started
+(field 22 of ``/proc/PID/stat``) on this boot (``/proc/sys/kernel/random/boot_id``). Unlike
+psutil's ``create_time`` (boot time in wall-clock seconds plus the ticks), it does not move
+when the wall clock is stepped (NTP, a VM resumed), and a pid that is reused gets a later
+start. Everything a process can set about itself (its ``comm`` name, its argv, its
+environment) is a claim; its owner (real uid, from ``/proc/PID/status``) and its executable
+(``/proc/PID/exe``) are facts the kernel keeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+# Largest pid Linux can hand out (PID_MAX_LIMIT on 64-bit): anything above is not a pid.
+PID_MAX = 4_194_304
+
+
+class ProcStat(NamedTuple):
+    """What ``/proc/PID/stat`` says: the state letter and the start, in ticks since boot."""
+
+    state: str
+    start: int
+
+    @property
+    def dead(self) -> bool:
+        """A zombie has exited (and given its GPU memory back); only its parent's wait is due."""
+        return self.state in ("Z", "X", "x")
+
+
+@functools.lru_cache(maxsize=1)
+def boot_id() -> str:
+    """This boot's id: starts recorded under another boot id name processes that are gone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def clock_ticks() -> int:
+    """Ticks per second of the start field (USER_HZ, 100 nearly everywhere)."""
+    try:
+        return int(os.sysconf("SC_CLK_TCK")) or 100
+    except (ValueError, OSError):
+        return 100
+
+
+def valid_pid(pid: object) -> bool:
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= PID_MAX
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """State and start of ``pid``; None when there is no such process.
+
+    The command name in the stat line is chosen by the process and may hold spaces and
+    parentheses, so the fields are counted from the *last* closing parenthesis.
+    """
+    if not valid_pid(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    fields = data[end + 2 :].split()
+    # After the name: state (3), ppid (4), ... starttime is field 22, i.e. index 19 here.
+    if len(fields) < 20:
+        return None
+    try:
+        return ProcStat(fields[0].decode("ascii", "replace"), int(fields[19]))
+    except ValueError:
+        return None
+
+
+def start_of(pid: int) -> int | None:
+    """The start of the live (not zombie) process ``pid``, or None when it is gone."""
+    stat = read_stat(pid)
+    if stat is None or stat.dead:
+        return None
+    return stat.start
+
+
+def is_running(pid: int, start: int | None) -> bool:
+    """Whether the very process ``pid`` that started at ``start`` still runs.
+
+    ``start`` None (a record that never knew it) matches no process: a pid alone names
+    whoever has it now, which may be a stranger.
+    """
+    if start is None:
+        return False
+    return start_of(pid) == start
+
+
+def real_uid(pid: int) -> int | None:
+    """The real uid of ``pid`` (the user who runs it), or None when it is gone.
+
+    Not the owner of ``/proc/PID``: a process can make itself undumpable, and then that
+    folder belongs to root.
+    """
+    if not valid_pid(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            for line in file:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def executable(pid: int) -> str | None:
+    """The resolved path of the program ``pid`` runs (``/proc/PID/exe``), or None.
+
+    A program deleted since it started reads ``PATH (deleted)``, which names no file and so
+    matches no program an admin names.
+    """
+    if not valid_pid(pid):
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def ticks_to_epoch(start: int) -> float:
+    """Wall-clock seconds since the epoch at which a process with this start began: for
+    showing people only, since it moves with the clock."""
+    import time
+
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.time() - uptime + start / clock_ticks()
