@@ -409,7 +409,16 @@ def fake_machine(shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> FakeMachi
     monkeypatch.setenv("GENV_GPU_BACKEND", "fake")
     monkeypatch.setenv("GENV_FAKE_MACHINE", str(machine.path))
     monkeypatch.setenv("GENV_TMPDIR", str(machine.state_dir))
+    install_state_dir(machine.state_dir)
     return machine
+
+
+def install_state_dir(path: Path) -> Path:
+    """The admin's install step: the shared state folder, root's, mode 1777 (users never
+    create it in a shared place themselves, see docs/security.md)."""
+    path.mkdir(mode=0o1777, exist_ok=True)
+    path.chmod(0o1777)
+    return path
 
 
 # -- processes -------------------------------------------------------------------------
@@ -482,3 +491,4 @@ def new_env(
         return process
 
     return create
+

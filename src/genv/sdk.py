@@ -11,8 +11,8 @@ Activation registers this process (``os.getpid()``) in an environment and sets t
 variables a shell gets (``GENV_ENVIRONMENT_ID``, ``CUDA_VISIBLE_DEVICES``, ``GENV_GPUS``...), so
 child processes belong to it too. CUDA reads ``CUDA_VISIBLE_DEVICES`` once, when it starts:
 attach before the first CUDA call. The other functions act on the active environment, whether
-this API or a shell activated it. User errors raise ``genv.store.StoreError`` (``GenvError``
-below) or one of the allocation/memory errors, each with a one-line message.
+this API or a shell activated it. Every error a user can cause raises ``GenvError`` (or a
+subclass of it), with a one-line message.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from genv.core import devices, environments, project, session
 from genv.domain.models import EnvConfig
-from genv.shell import session
-from genv.shell.session import ShellError as GenvError
+from genv.errors import GenvError
 from genv.store import Store
 
 __all__ = [
@@ -81,38 +81,36 @@ def activate(
     """
     current = session.current_eid()
     if current is not None:
-        raise GenvError(f"already running in environment {current}")
+        raise session.SessionError(f"already running in environment {current}")
     pid = os.getpid()
     eid = eid or str(pid)
-    changes: dict[str, str | int | None] = {}
+    changes: dict[str, object] = {}
     if name is not None:
         changes["name"] = session.check_value("name", name)
     if gpus is not None:
-        changes["gpus"] = session.check_value("gpus", str(gpus))
+        changes["gpus"] = session.check_value("gpus", gpus)
     if gpu_memory is not None:
         changes["gpu_memory"] = session.check_value("gpu-memory", gpu_memory)
-    project = None
+    saved_config = None
     if load:
-        home = session.find_home()
-        project = session.read_project(home) if home is not None else None
+        home = project.find_home()
+        saved_config = project.read_project(home) if home is not None else None
     with _store() as store:
-        env, indices = session.activate(store, eid, pid, changes, project, attach,
-                                        over_subscribe)
+        view = environments.enter(store, eid, pid, changes, saved_config, attach, over_subscribe)
     saved = {name: os.environ.get(name) for name in session.VARIABLES}
-    _set(session.variables(eid, indices, env.config))
+    _set(session.variables(eid, view.indices, view.env.config))
     try:
         yield eid
     finally:
         _set(saved)
-        with _store() as store, store.transaction() as tx:
-            tx.deactivate(pid=pid)
+        with _store() as store:
+            environments.unregister(store, pid=pid)
 
 
 def configuration() -> EnvConfig:
     """The configuration of the active environment."""
     with _store() as store:
-        env, _ = session.environment(store, session.require_eid())
-    return env.config
+        return environments.find(store, session.require_eid()).env.config
 
 
 def configure(
@@ -124,26 +122,24 @@ def configure(
 
     Devices are not attached or detached here: call ``attach()`` to follow a new ``gpus``.
     """
-    changes: dict[str, str | int | None] = {}
+    changes: dict[str, object] = {}
     for field, value in (("name", name), ("gpus", gpus), ("gpu-memory", gpu_memory)):
         if value is not UNCHANGED:
             changes[session.field_key(field)] = (
-                None if value is None else session.check_value(field, str(value))
+                None if value is None else session.check_value(field, value)
             )
     current = session.require_eid()
     with _store() as store:
         if changes:
-            with store.transaction() as tx:
-                tx.configure(current, **changes)
+            environments.configure(store, current, **changes)
         _refresh(store, current)
-        env, _ = session.environment(store, current)
-    return env.config
+        return environments.find(store, current).env.config
 
 
 def attached() -> list[int]:
     """The indices of the devices attached to the active environment."""
     with _store() as store:
-        return session.environment(store, session.require_eid())[1]
+        return environments.find(store, session.require_eid()).indices
 
 
 def attach(
@@ -157,14 +153,12 @@ def attach(
     """
     current = session.require_eid()
     with _store() as store:
-        session.attach_devices(store, current, count, index, over_subscribe)
+        devices.attach(store, current, count, index, over_subscribe)
         return _refresh(store, current)
 
 
 def detach(index: int | None = None) -> list[int]:
     """Detach device ``index`` (every device when None); returns the indices still attached."""
-    from genv.core import devices
-
     current = session.require_eid()
     with _store() as store:
         devices.detach(store, current, index)
@@ -177,25 +171,20 @@ def lock() -> Iterator[list[int]]:
 
     Waits while another environment holds any of them; yields the indices locked.
     """
-    from genv.store import device_locks
+    from genv.core import lock as locks
 
     current = session.require_eid()
-    with _store() as store:
-        state = store.read()
-        env = state.environment(current, prefer_uid=store.caller_uid)
-        if env is None:
-            raise GenvError(f"environment {current} no longer exists")
-        with device_locks.hold(store, device_locks.over_subscribed(state, env)) as indices:
-            yield indices
+    with _store() as store, locks.hold(store, current) as indices:
+        yield indices
 
 
 def _refresh(store: Store, current: str) -> list[int]:
     """Bring this process's variables in line with the store; the attached indices."""
-    env, indices = session.environment(store, current)
-    values = session.variables(current, indices, env.config)
+    view = environments.find(store, current)
+    values = session.variables(current, view.indices, view.env.config)
     values.pop(session.ENVIRONMENT_ID)
     _set(values)
-    return indices
+    return view.indices
 
 
 def _set(values: dict[str, str | None]) -> None:

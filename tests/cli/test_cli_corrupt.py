@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from genv.domain.models import Environment
-from genv.store import records
+from support import encode_records, start_of
 
 BYSTANDER = 40001  # a uid with no passwd entry whose (valid) file must survive untouched
 
@@ -54,7 +54,7 @@ def problem_line(result, path: Path) -> str:
 
 def write_bystander(state_dir: Path) -> Path:
     path = state_dir / f"state-{BYSTANDER}.json"
-    path.write_bytes(records.encode(BYSTANDER, [Environment("gone", BYSTANDER, None, 1.0)], []))
+    path.write_bytes(encode_records(BYSTANDER, [Environment("gone", BYSTANDER, None, 1.0)], []))
     os.chown(path, BYSTANDER, -1)
     return path
 
@@ -191,6 +191,7 @@ def test_one_users_corrupt_state_spares_the_others(kind: str, three_users, fake_
 def test_a_link_in_place_of_the_state_folder(fake_machine, run_genv, shared_tmp) -> None:
     elsewhere = shared_tmp / "elsewhere"
     elsewhere.mkdir()
+    fake_machine.state_dir.rmdir()
     fake_machine.state_dir.symlink_to(elsewhere)
     for command in (["envs"], ["devices"], ["envs", "activate", "--eid", "x", "--uid", "0",
                                             "--pid", str(os.getpid())]):
@@ -203,6 +204,7 @@ def test_a_link_in_place_of_the_state_folder(fake_machine, run_genv, shared_tmp)
 
 
 def test_a_file_in_place_of_the_state_folder(fake_machine, run_genv) -> None:
+    fake_machine.state_dir.rmdir()
     fake_machine.state_dir.write_text("not a folder")
     result = run_genv("envs")
     assert result.rc == 1

@@ -116,7 +116,7 @@ def test_config_gpu_memory(env, run_genv) -> None:
 def test_config_bad_gpu_memory_is_one_line(env, run_genv, amount: str) -> None:
     run_genv("envs", "config", "--eid", "e1", "gpu-memory", "--gpu-memory", "2g")
     result = run_genv("envs", "config", "--eid", "e1", "gpu-memory", f"--gpu-memory={amount}")
-    assert result.rc == 1
+    assert result.rc == 2  # a usage error, as argparse gives
     assert result.out == ""
     line = only_line(result.err)
     assert "memory" in line
@@ -133,7 +133,7 @@ def test_config_gpu_memory_applies_to_attached_devices(env, run_genv) -> None:
 
 def test_config_negative_gpus_is_refused(env, run_genv) -> None:
     result = run_genv("envs", "config", "--eid", "e1", "gpus", "--count", "-1")
-    assert result.rc == 1
+    assert result.rc == 2
     only_line(result.err)
     assert query(run_genv, "config.gpus") == ""
 

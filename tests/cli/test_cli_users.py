@@ -6,11 +6,11 @@ import json
 import os
 import stat
 
-import psutil
+import time
 import pytest
 
 from genv.domain.models import Attachment, Environment, RegisteredProcess
-from genv.store import records
+from support import encode_records, start_of
 
 
 @pytest.fixture
@@ -47,20 +47,24 @@ def write_as(run_as, user, path, data: bytes, scratch) -> None:
 
 
 def forged_state(uid: int, pid: int) -> bytes:
-    started = psutil.Process(pid).create_time()
+    started = time.time()
     env = Environment("forged", uid, None, started,
-                      processes=(RegisteredProcess(pid, started),))
-    return records.encode(uid, [env], [Attachment(0, "forged", uid, started)])
+                      processes=(RegisteredProcess(pid, start_of(pid)),))
+    return encode_records(uid, [env], [Attachment(0, "forged", uid, started)])
 
 
-def test_first_user_creates_the_shared_folder(users, fake_machine, run_genv, new_env) -> None:
+def test_no_user_creates_the_shared_folder(users, fake_machine, run_genv, new_env) -> None:
+    """Whoever owns the folder can remove everyone's files: only root makes it."""
     alice, bob = users
-    assert not fake_machine.state_dir.exists()
+    fake_machine.state_dir.rmdir()
     first = run_genv("envs", user=alice, umask=0o077)
-    assert first.rc == 0, first
+    assert first.rc == 1
+    line = only_line(first.err)
+    assert "admin should create it" in line and "install -d -m 1777" in line
+    assert not fake_machine.state_dir.exists()
+    assert run_genv("envs").rc == 0  # root's first command makes it
     info = os.stat(fake_machine.state_dir)
-    assert stat.S_IMODE(info.st_mode) == 0o1777
-    assert info.st_uid == alice.uid
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o1777, 0)
     new_env("eb", user=bob, name="bobs")
     new_env("ea", user=alice, name="alices")
     for user in users:
@@ -95,11 +99,12 @@ def test_other_users_cannot_touch_an_environment(users, fake_machine, run_genv, 
         ("devices", "detach", "--eid", "ea", "--index", "0"),
         ("envs", "deactivate", "--pid", alices.pid),
         ("envs", "activate", "--eid", "eb", "--uid", alice.uid, "--pid", bobs.pid),
-        ("envs", "activate", "--eid", "ea", "--uid", bob.uid, "--pid", bobs.pid),
         ("envs", "activate", "--eid", "eb", "--uid", bob.uid, "--pid", alices.pid),
     ]
     for attempt in attempts:
-        refused(run_genv(*attempt, user=bob))
+        result = run_genv(*attempt, user=bob)
+        assert result.rc != 0, attempt
+        refused(result)
     # --reset only ever touches the caller's own environments
     assert run_genv("devices", "--reset", user=bob).rc == 0
     assert run_genv("envs", "--reset", user=bob).rc == 0
@@ -107,6 +112,12 @@ def test_other_users_cannot_touch_an_environment(users, fake_machine, run_genv, 
     assert not fake_machine.state_file(bob.uid).exists()
     assert run_genv("envs", "query", "--query", "eid", "config.name").lines == ["ea,alices"]
     assert run_genv("devices", "find", "--eid", "ea", user=bob).out == "0\n"
+    # ids are unique per owner: bob's own "ea" is another environment, alice's is untouched
+    assert run_genv("envs", "activate", "--eid", "ea", "--uid", bob.uid, "--pid", bobs.pid,
+                    user=bob).rc == 0
+    assert run_genv("devices", "find", "--eid", "ea", user=bob).out == "\n"
+    assert run_genv("devices", "find", "--eid", "ea", user=alice).out == "0\n"
+    assert alice_file.read_bytes() == before
 
 
 def test_root_may_change_a_users_environment(users, fake_machine, run_genv, new_env,
@@ -122,7 +133,9 @@ def test_root_may_change_a_users_environment(users, fake_machine, run_genv, new_
     assert created.rc == 0, created
     path = fake_machine.state_file(alice.uid)
     assert path.stat().st_uid == alice.uid
-    assert not fake_machine.state_file(0).exists()
+    # root took device 0 back in its own file, without writing alice's
+    assert fake_machine.read_state(0)["environments"] == []
+    assert run_genv("devices", "find", "--eid", "ea", user=alice).out == "1\n"
     result = run_genv("envs", "query", "--query", "eid", "uid", "config.name", user=alice)
     assert result.lines == [f"ea,{alice.uid},by-root", f"er,{alice.uid},"]
     # the file is still alice's: she can go on changing it herself
@@ -140,24 +153,28 @@ def test_a_state_file_planted_for_another_user_is_ignored(users, fake_machine, r
     planted = fake_machine.state_file(bob.uid)
     write_as(run_as, alice, planted, forged_state(bob.uid, alices.pid), shared_tmp)
     assert planted.stat().st_uid == alice.uid
-    for viewer in (bob, alice, None):
+    for viewer in (bob, alice):  # (root would remove it at once)
         result = run_genv("envs", user=viewer)
         assert "forged" not in result.out
         assert "Traceback" not in result.err
         assert str(planted) in only_line(result.err)
         devices = run_genv("devices", "query", "--query", "index", "eids", user=viewer)
         assert "forged" not in devices.out
-    # bob cannot replace a file alice owns in the sticky folder: one clear line
+    # bob cannot remove a file alice owns in the sticky folder, but is not locked out:
+    # his records go under a fallback name
     bobs = sleeper(user=bob)
-    blocked = run_genv("envs", "activate", "--eid", "eb", "--uid", bob.uid, "--pid", bobs.pid,
-                       user=bob)
-    assert blocked.rc == 1
-    assert str(planted) in blocked.err_lines[-1]
-    assert "Traceback" not in blocked.err
-    # root's write for bob replaces it with bob's own file
-    assert run_genv("envs", "activate", "--eid", "eb", "--uid", bob.uid,
-                    "--pid", bobs.pid).rc == 0
-    assert planted.stat().st_uid == bob.uid
+    done = run_genv("envs", "activate", "--eid", "eb", "--uid", bob.uid, "--pid", bobs.pid,
+                    user=bob)
+    assert done.rc == 0, done
+    fallback = fake_machine.state_dir / f"state-{bob.uid}~1.json"
+    assert fallback.stat().st_uid == bob.uid
+    result = run_genv("envs", "query", "--query", "eid", "uid", user=alice)
+    assert result.lines == [f"eb,{bob.uid}"]
+    # root removes what was planted, and bob's next write takes his own name back
+    assert run_genv("envs").rc == 0
+    assert not planted.exists()
+    assert run_genv("envs", "config", "--eid", "eb", "name", "--name", "b", user=bob).rc == 0
+    assert planted.stat().st_uid == bob.uid and not fallback.exists()
     result = run_genv("envs", "query", "--query", "eid", "uid", user=bob)
     assert (result.rc, result.lines, result.err) == (0, [f"eb,{bob.uid}"], "")
 
@@ -221,6 +238,11 @@ def test_an_unreadable_state_file(users, fake_machine, run_genv, run_as, new_env
     assert seen.lines == ["ea"]
     line = only_line(seen.err)
     assert str(bob_file) in line and "chmod" in line
+    # bob may hold any device, for all alice can tell: none is given to her exclusively...
+    held = run_genv("devices", "attach", "--eid", "ea", "--count", "1", user=alice)
+    assert held.rc == 1 and "available" in held.err_lines[-1]
+    # ...until root, who can read bob's file, says what bob holds (the daemon does, each cycle)
+    assert run_genv("enforce", "--interval", "0").rc == 0
     assert run_genv("devices", "attach", "--eid", "ea", "--count", "1", user=alice).rc == 0
     # bob: his own state cannot be read, so his commands fail without writing anything
     mine = run_genv("envs", user=bob)
@@ -241,14 +263,20 @@ def test_an_unreadable_state_file(users, fake_machine, run_genv, run_as, new_env
 def test_a_folder_others_could_swap_files_in_is_refused(users, fake_machine, run_genv,
                                                         run_as) -> None:
     alice, bob = users
+    fake_machine.state_dir.rmdir()
     run_as(alice, ["mkdir", "-m", "0777", fake_machine.state_dir])
     result = run_genv("envs", user=bob)
     assert result.rc == 1
     assert "sticky" in only_line(result.err)
-    # its owner repairs it, and so does root
+    # its owner repairs it; others are then warned that it is not root's
     assert run_genv("envs", user=alice).rc == 0
     assert stat.S_IMODE(os.stat(fake_machine.state_dir).st_mode) == 0o1777
-    assert run_genv("envs", user=bob).rc == 0
+    warned = run_genv("envs", user=bob)
+    assert warned.rc == 0 and "sudo chown root:root" in only_line(warned.err)
+    # root takes it over
+    assert run_genv("envs").rc == 0
+    assert os.stat(fake_machine.state_dir).st_uid == 0
+    assert run_genv("envs", user=bob).err == ""
 
 
 def test_state_files_stay_json(users, fake_machine, run_genv, new_env) -> None:

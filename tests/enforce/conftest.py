@@ -85,8 +85,7 @@ def users():
         # pwd lookups are cached by genv.system.users; forget misses from before
         from genv.system import users as genv_users
 
-        genv_users.username.cache_clear()
-        genv_users.uid_of.cache_clear()
+        genv_users.forget()
         yield made
     finally:
         for name in created:
@@ -159,7 +158,10 @@ def machine(shared_dir) -> Machine:
 
 @pytest.fixture
 def state_dir(shared_dir) -> Path:
-    return shared_dir / "state"
+    path = shared_dir / "state"
+    path.mkdir(mode=0o1777)
+    path.chmod(0o1777)  # the admin's install step (docs/security.md)
+    return path
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -413,7 +415,7 @@ class Genv:
                 os.chdir(self.shared_dir)
                 os.environ.clear()
                 os.environ.update(self.env)
-                genv_users.username.cache_clear()
+                genv_users.forget()
                 os.setgroups([])
                 os.setgid(user.gid)
                 os.setuid(user.uid)

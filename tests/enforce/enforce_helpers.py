@@ -10,3 +10,7 @@ IGNORES_SIGTERM = (
 
 def not_in_env(pid: int) -> str:
     return f"Process {pid} is not running in a GPU environment"
+
+
+def terminating(pid: int, eid: str = "N/A", devices: str = "0") -> str:
+    return f"Terminating process {pid} from environment {eid} that is running on GPU(s) {devices}"

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from support import wait_environ
 
 from genv.backends.fake import FakeBackend
 from genv.enforce.daemon import Enforcer
@@ -41,7 +42,7 @@ def world(tmp_path):
         temporary.replace(machine)
 
     watcher = ProcessWatcher()
-    store = Store(tmp_path / "state", is_running=watcher.is_running)
+    store = Store(tmp_path / "state", alive=watcher.runs_as)
     out = io.StringIO()
     enforcer = Enforcer(
         Observer(FakeBackend(machine), store, watcher),
@@ -61,9 +62,10 @@ def env_with_member(start, describe, store) -> subprocess.Popen:
     """Environment e1 (kept alive by a process) on device 0, and a GPU process of it there."""
     anchor = start()
     with store.transaction() as tx:
-        tx.activate("e1", os.getuid(), pid=anchor.pid)
-        tx.attach("e1", [0])
+        tx.activate("e1", pid=anchor.pid)
+        tx.attach("e1", 0)
     member = start(GENV_ENVIRONMENT_ID="e1")
+    wait_environ(member.pid)
     describe((member, 0))
     return member
 

@@ -8,7 +8,7 @@ import json
 import logging
 
 from genv.domain.models import GpuSnapshot
-from genv.domain.snapshot import Membership, ObservedProcess, ProcessFacts, Snapshot, Usage
+from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, Observation, Usage
 from genv.enforce.daemon import Enforcer
 from genv.enforce.executor import Detacher, Terminator
 from genv.enforce.findings import Finding, Termination
@@ -16,7 +16,7 @@ from genv.enforce.report import RECORD_FIELDS, ProblemLog, Reporter
 from genv.enforce.rules import RuleConfig
 from genv.store import State
 
-EMPTY = Snapshot(devices=(), processes=(), environments=(), attachments=())
+EMPTY = Observation(devices=(), processes=(), environments=(), attachments=())
 
 
 class FlakyObserver:

@@ -10,14 +10,10 @@ import sys
 import time
 
 import pytest
-from enforce_helpers import IGNORES_SIGTERM, not_in_env
+from enforce_helpers import IGNORES_SIGTERM, not_in_env, terminating
 
 HEADER = "ID      ENV ID      ENV NAME        ATTACHED"
 
-
-
-def terminating(pid: int, eid: str = "N/A", devices: str = "0") -> str:
-    return f"Terminating process {pid} from environment {eid} that is running on GPU(s) {devices}"
 
 
 # -- the product description's quick start ------------------------------------------------
@@ -321,8 +317,8 @@ def test_dry_run_prefixes_every_line_and_changes_nothing(genv, machine, procs, e
         "[dry-run] User root is using 2 devices which is 2 more than the maximum allowed",
         "[dry-run] " + terminating(stray.pid),
         "[dry-run] " + terminating(member.pid, "e1", "1"),
-        "[dry-run] Detaching environment e1 of user root from device 0",
         "[dry-run] Detaching environment e1 of user root from device 1",
+        "[dry-run] Detaching environment e1 of user root from device 0",
     ]
     assert procs.alive(stray) and procs.alive(member) and procs.alive(shell)
     assert {path.name: path.read_bytes() for path in state_dir.glob("state-*.json")} == before
@@ -364,8 +360,9 @@ def test_json_log_format(genv, machine, procs, env_of):
     }
     assert terminate["reason"]
     (detach,) = by_action["detach"]
+    # root's stray process is on device 0 too: device 1, attached last, goes
     assert (detach["rule"], detach["environment"], detach["device"], detach["user"]) == (
-        "max-devices-per-user", "e1", 0, "root")
+        "max-devices-per-user", "e1", 1, "root")
     assert procs.wait_dead(stray)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from enforce_helpers import terminating
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other users' processes)")
 
@@ -122,7 +123,7 @@ def test_unreadable_environment_is_reported_and_left_alone(genv, machine, procs,
 
 
 @pytest.mark.parametrize("owner", ["root", "alice"])
-def test_process_of_an_environment_whose_state_file_is_corrupt_is_left_alone(
+def test_a_user_who_broke_their_own_state_file_is_not_shielded_by_it(
         owner, genv, machine, procs, env_of, state_dir, request):
     user = request.getfixturevalue("alice") if owner == "alice" else None
     uid = user.uid if user else 0
@@ -142,10 +143,13 @@ def test_process_of_an_environment_whose_state_file_is_corrupt_is_left_alone(
     result = genv.enforce("--non-env-processes", "--max-devices-per-user", "0",
                           "--max-memory-per-user", "1m", "--grace", "1")
 
-    assert str(member.pid) not in result.stdout
-    assert procs.alive(member)
+    # as if that user had no environments: enforced, and the line says why
+    assert result.lines[0] == (
+        f"Process {member.pid} is not running in a GPU environment: it claims environment "
+        "ce, but its owner's state file is unusable")
+    assert terminating(member.pid, "N/A", "1") in result.lines
+    assert procs.wait_dead(member)
     assert str(state_file) in result.stderr and "corrupt" in result.stderr
-    assert f"process {member.pid}" in result.stderr and "left alone" in result.stderr
     assert state_file.read_text() == '{"version": 1, "environments": ['  # not overwritten
 
 

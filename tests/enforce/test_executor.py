@@ -7,10 +7,10 @@ import os
 import signal
 import sys
 
-import psutil
 import pytest
+from support import start_of
 
-from genv.domain.snapshot import Membership, ObservedProcess, ProcessFacts, Usage
+from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.executor import Outcome, Terminator
 from genv.enforce.findings import Termination
 
@@ -22,14 +22,14 @@ IGNORES_SIGTERM = (
 )
 
 
-def termination_of(pid: int, started: float | None) -> Termination:
+def termination_of(pid: int, started: int | None) -> Termination:
     facts = ProcessFacts(pid, started, os.getuid(), "root", "sleep", None)
     process = ObservedProcess(facts, (Usage(0, 1 << 30),), Membership.NO_ENV)
     return Termination(process, "non-env-processes", "test", (0,))
 
 
-def start_time(pid: int) -> float:
-    return psutil.Process(pid).create_time()
+def start_time(pid: int) -> int:
+    return start_of(pid)
 
 
 class Clock:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from genv.domain.models import Attachment, Device, EnvConfig, Environment, RegisteredProcess
-from genv.domain.snapshot import (
+from genv.domain.observation import (
     Membership,
     ObservedProcess,
     ProcessFacts,
-    Snapshot,
+    Observation,
     Usage,
     resolve,
 )
@@ -44,7 +44,7 @@ def make_env(eid: str, uid: int = ALICE, gpu_memory: str | None = None) -> Envir
         username=NAMES.get(uid),
         creation=1.0,
         config=EnvConfig(gpu_memory=gpu_memory),
-        processes=(RegisteredProcess(10_000 + uid, 1.0),),
+        processes=(RegisteredProcess(10_000 + uid, 1),),
     )
 
 
@@ -58,8 +58,9 @@ def process(
     usage: dict[int, int],
     env: Environment | None = None,
     uid: int = ALICE,
-    started: float | None = None,
+    started: int | None = None,
     name: str = "python",
+    exe: str | None = None,
     membership: Membership | None = None,
     note: str = "",
 ) -> ObservedProcess:
@@ -68,11 +69,12 @@ def process(
         membership = Membership.IN_ENV if env is not None else Membership.NO_ENV
     facts = ProcessFacts(
         pid=pid,
-        start_time=float(pid) if started is None else started,  # higher pid, newer process
+        start=pid if started is None else started,  # higher pid, newer process
         uid=uid,
         username=NAMES.get(uid),
         name=name,
         claimed_eid=env.eid if env is not None else None,
+        exe=exe or f"/usr/bin/{name}",
     )
     return ObservedProcess(
         facts,
@@ -84,15 +86,15 @@ def process(
 
 
 def snapshot(processes=(), environments=(), attachments=(), devices: int = 4,
-             unreadable: frozenset[int] = frozenset()) -> Snapshot:
-    return Snapshot(
+             unreadable: frozenset[int] = frozenset()) -> Observation:
+    return Observation(
         devices=tuple(
             Device(index, f"GPU-{index}", "Simulated GPU", 80 * GI) for index in range(devices)
         ),
         processes=tuple(processes),
         environments=tuple(environments),
         attachments=tuple(attachments),
-        unreadable_uids=unreadable,
+        unusable_uids=unreadable,
     )
 
 
@@ -133,11 +135,11 @@ def test_survey_runs_only_the_enabled_rules():
         (RuleConfig(env_devices=False, env_memory=True), ENV_MEMORY),
         (RuleConfig(env_devices=False, env_memory=False, max_devices_per_user=0),
          MAX_DEVICES_PER_USER),
-        (RuleConfig(env_devices=False, env_memory=False, max_devices_for_user={"alice": 0}),
+        (RuleConfig(env_devices=False, env_memory=False, max_devices_for_user={ALICE: 0}),
          MAX_DEVICES_PER_USER),
         (RuleConfig(env_devices=False, env_memory=False, max_memory_per_user="1g"),
          MAX_MEMORY_PER_USER),
-        (RuleConfig(env_devices=False, env_memory=False, max_memory_for_user={"alice": "1g"}),
+        (RuleConfig(env_devices=False, env_memory=False, max_memory_for_user={ALICE: "1g"}),
          MAX_MEMORY_PER_USER),
     ]
     for config, rule in rules:
@@ -388,11 +390,11 @@ def test_max_devices_for_user_overrides_the_per_user_maximum():
         [attached(alice_env, 0), attached(alice_env, 1), attached(bob_env, 2),
          attached(bob_env, 3)],
     )
-    config = RuleConfig(max_devices_per_user=1, max_devices_for_user={"alice": 2})
+    config = RuleConfig(max_devices_per_user=1, max_devices_for_user={ALICE: 2})
     assert messages(survey(snap, config)) == [
         "User bob is using 2 devices which is 1 more than the maximum allowed"
     ]
-    only_for = RuleConfig(max_devices_for_user={"bob": 0})
+    only_for = RuleConfig(max_devices_for_user={BOB: 0})
     assert messages(survey(snap, only_for)) == [
         "User bob is using 2 devices which is 2 more than the maximum allowed"
     ]
@@ -427,12 +429,12 @@ def test_max_memory_per_user_sums_across_devices_and_terminates_newest_first():
 
 def test_max_memory_for_user_overrides_the_per_user_maximum():
     snap = snapshot([process(610, {0: 6 * GI}), process(611, {1: 6 * GI}, uid=BOB)])
-    config = RuleConfig(max_memory_per_user="8g", max_memory_for_user={"bob": "4g"})
+    config = RuleConfig(max_memory_per_user="8g", max_memory_for_user={BOB: "4g"})
     assert messages(survey(snap, config)) == [
         "User bob is using 6442m of GPU memory which is 2442m over the maximum of 4g"
     ]
     assert terminated(survey(snap, config)) == [611]
-    assert survey(snap, RuleConfig(max_memory_for_user={"alice": "7g"})) == []
+    assert survey(snap, RuleConfig(max_memory_for_user={ALICE: "7g"})) == []
 
 
 # -- exemptions and unknown processes ------------------------------------------------------
@@ -448,23 +450,34 @@ def test_exempt_users_are_never_terminated_nor_detached():
     snap = snapshot(procs, [alice_env], [attached(alice_env, 0), attached(alice_env, 2)])
     config = RuleConfig(
         non_env_processes=True, max_devices_per_user=0, max_memory_per_user="1m",
-        exempt_users=frozenset({"alice"}),
+        exempt_uids=frozenset({ALICE}),
     )
     findings = survey(snap, config)
     assert set(terminated(findings)) == {702}
     assert detached(findings) == []
 
 
-def test_exempt_processes_by_executable_name_are_never_terminated():
+def test_exempt_programs_by_executable_path_are_never_terminated():
     e1 = make_env("e1", gpu_memory="1g")
-    xorg = process(800, {0: GI}, uid=0, name="Xorg")
-    in_env = process(801, {0: 3 * GI}, env=e1, name="Xorg", started=900.0)
+    xorg = process(800, {0: GI}, uid=0, name="Xorg", exe="/usr/lib/xorg/Xorg")
+    in_env = process(801, {0: 3 * GI}, env=e1, name="Xorg", exe="/usr/lib/xorg/Xorg",
+                     started=900)
     other = process(802, {0: GI}, uid=0, name="python")
     snap = snapshot([xorg, in_env, other], [e1], [attached(e1, 1)])
     config = RuleConfig(non_env_processes=True, max_devices_per_user=0,
-                        max_memory_per_user="1m", exempt_processes=frozenset({"Xorg"}))
+                        max_memory_per_user="1m",
+                        exempt_programs=frozenset({"/usr/lib/xorg/Xorg"}))
     findings = survey(snap, config)
     assert set(terminated(findings)) == {802}
+
+
+def test_a_process_calling_itself_exempt_is_not():
+    """Its name (comm, argv) is the process's own choice; only its executable counts."""
+    poser = process(810, {0: GI}, uid=BOB, name="Xorg", exe="/home/bob/miner")
+    snap = snapshot([poser])
+    config = RuleConfig(non_env_processes=True,
+                        exempt_programs=frozenset({"/usr/lib/xorg/Xorg"}))
+    assert terminated(survey(snap, config)) == [810]
 
 
 def test_unknown_membership_is_never_acted_on():
@@ -532,15 +545,35 @@ def test_resolve_unreadable_environ_is_unknown():
     assert note == "its environment variables could not be read"
 
 
-def test_resolve_unreadable_state_of_the_claiming_user_is_unknown():
-    # bob's own records are unknown: his e1 may be among them
+def test_resolve_unknown_state_of_the_claiming_user_is_unknown():
+    # bob's records could not be read through no fault of his (an I/O error): his e1 may be
+    # among them
     e1 = make_env("e1", uid=ALICE)
     for claimed in ("e1", "e9"):
-        membership, env, note = resolve(facts(BOB, claimed), (e1,), frozenset({BOB}))
+        membership, env, note = resolve(facts(BOB, claimed), (e1,), frozenset({BOB}),
+                                        frozenset({BOB}))
         assert (membership, env) == (Membership.UNKNOWN, None)
         assert "state file could not be read" in note
     # root may belong to anyone's environment
     assert resolve(facts(0, "e9"), (e1,), frozenset({BOB}))[0] is Membership.UNKNOWN
+
+
+def test_resolve_a_user_who_broke_their_own_file_is_not_shielded():
+    """Making one's own file unusable must not protect one's processes: they are treated as
+    in no environment (and so enforced), and the note says why."""
+    e1 = make_env("e1", uid=ALICE)
+    for claimed in ("e1", "e9"):
+        membership, env, note = resolve(facts(BOB, claimed), (e1,), frozenset({BOB}))
+        assert (membership, env) == (Membership.NO_ENV, None)
+        assert "its owner's state file is unusable" in note
+    snap = snapshot([process(950, {0: GI}, uid=BOB, membership=Membership.NO_ENV,
+                             note="it claims environment e9, but its owner's state file is "
+                                  "unusable")])
+    findings = survey(snap, RuleConfig(non_env_processes=True))
+    assert terminated(findings) == [950]
+    assert messages(findings) == [
+        "Process 950 is not running in a GPU environment: it claims environment e9, but its "
+        "owner's state file is unusable"]
 
 
 def test_resolve_unreadable_state_of_another_user_does_not_matter():

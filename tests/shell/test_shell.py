@@ -119,7 +119,7 @@ def test_failed_activation_changes_nothing(
     assert snapshot(sh, shared_tmp, "after") == before
     assert genv("envs", "ps", "--format", "csv", "--no-header", env=shell_env).stdout == ""
     output, rc = sh.run("genv activate --gpu-memory lots")
-    assert rc == 1 and "invalid memory amount" in output and "Traceback" not in output
+    assert rc == 2 and "invalid memory amount" in output and "Traceback" not in output
 
 
 # -- nvidia-smi -----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_attach_detach_config_update_the_shell(shell: StartShell, kind: str) -> 
     assert sh.value("GENV_GPUS") == "<unset>" and sh.value("GENV_GPU_MEMORY") == "<unset>"
 
     output, rc = sh.run("genv config gpus many")
-    assert rc == 1 and output.startswith("genv: ") and len(output.splitlines()) == 1
+    assert rc == 2 and output.startswith("genv: ") and len(output.splitlines()) == 1
     output, rc = sh.run("genv attach --index 7")
     assert rc == 1 and output.startswith("genv: ") and len(output.splitlines()) == 1
     sh.ok("genv deactivate")

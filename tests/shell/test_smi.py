@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genv.shell import smi
+from genv.smi import request as smi
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = REPO / "src" / "genv" / "shims" / "nvidia-smi"

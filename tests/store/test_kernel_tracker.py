@@ -8,8 +8,12 @@ import uuid
 
 import pytest
 
-from genv.system import processes
-from genv.system.processes import KernelTracker
+from support import wait_cmdline
+
+from genv.system import kernels, procfs
+from genv.system.kernels import KernelTracker
+
+ROOT = 0
 
 
 @pytest.fixture
@@ -19,6 +23,7 @@ def kernel():
     process = subprocess.Popen(
         [f"/run/kernel-{kernel_id}.json", "60"], executable=shutil.which("sleep")
     )
+    wait_cmdline(process.pid, kernel_id)
     yield kernel_id, process
     process.kill()
     process.wait()
@@ -34,32 +39,63 @@ class Clock:
 
 def test_running_kernel_ids_finds_a_running_kernel(kernel):
     kernel_id, _ = kernel
-    assert processes.running_kernel_ids({kernel_id, "gone"}) == {kernel_id}
+    assert kernels.running_kernels(ROOT, frozenset({kernel_id, "gone"})) == {kernel_id}
+
+
+def test_a_kernel_counts_only_for_its_owner(kernel):
+    kernel_id, _ = kernel  # runs as root: counts for root (and for root in any environment)
+    assert kernels.running_kernels(ROOT, frozenset({kernel_id})) == {kernel_id}
+    assert kernels.running_kernels(40001, frozenset({kernel_id})) == {kernel_id}  # root's
+
+
+def test_a_users_kernel_does_not_count_for_another_user(sleeper):
+    kernel_id = str(uuid.uuid4())
+    process = sleeper(user=_User(40002), argv=["/bin/sh", "-c", "sleep 60; :",
+                                                f"/run/kernel-{kernel_id}.json"])
+    wait_cmdline(process.pid, kernel_id)
+    assert procfs.real_uid(process.pid) == 40002
+    assert kernels.running_kernels(40001, frozenset({kernel_id})) == set()
+    assert kernels.running_kernels(40002, frozenset({kernel_id})) == {kernel_id}
+
+
+class _User:
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+
+    def become(self, umask=None):
+        def preexec():
+            import os
+
+            os.setgroups([])
+            os.setgid(self.uid)
+            os.setuid(self.uid)
+
+        return preexec
 
 
 def test_tracker_follows_a_found_kernel_without_scanning_again(kernel, monkeypatch):
     kernel_id, process = kernel
     clock = Clock()
-    tracker = KernelTracker(processes.is_running, rescan_after=30, clock=clock)
-    assert tracker({kernel_id}) == {kernel_id}
+    tracker = KernelTracker(procfs.is_running, rescan_after=30, clock=clock)
+    assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}
 
     scans = []
-    original = processes.kernel_processes
-    monkeypatch.setattr(processes, "kernel_processes", lambda: scans.append(1) or original())
-    assert tracker({kernel_id}) == {kernel_id}
+    original = kernels.kernel_processes
+    monkeypatch.setattr(kernels, "kernel_processes", lambda: scans.append(1) or original())
+    assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}
     assert scans == []  # followed by pid, no scan
 
     process.kill()
     process.wait()
-    assert tracker({kernel_id}) == set()
+    assert tracker(ROOT, frozenset({kernel_id})) == set()
     assert scans == []  # it was looked for in the last scan, which is recent
     clock.now = 31
-    assert tracker({kernel_id}) == set()
+    assert tracker(ROOT, frozenset({kernel_id})) == set()
     assert scans == [1]  # a missing kernel is looked for again after rescan_after
 
 
 def test_tracker_scans_for_an_id_it_never_looked_for(kernel):
     kernel_id, _ = kernel
-    tracker = KernelTracker(processes.is_running, rescan_after=3600, clock=Clock())
-    assert tracker({"not-a-kernel"}) == set()
-    assert tracker({"not-a-kernel", kernel_id}) == {kernel_id}
+    tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=Clock())
+    assert tracker(ROOT, frozenset({"not-a-kernel"})) == set()
+    assert tracker(ROOT, frozenset({"not-a-kernel", kernel_id})) == {kernel_id}

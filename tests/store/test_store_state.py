@@ -1,24 +1,49 @@
-"""The store itself: files, modes, locking, liveness and who may change what."""
+"""The store itself: files, modes, locks, liveness, planted names and who may change what.
+
+Uids without a passwd entry (ALICE, BOB) stand for users here: root can own files as them
+and run processes as them. The tests with real Linux users are in tests/cli.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import stat
 import subprocess
-import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
-from genv.domain.models import Attachment, EnvConfig, Environment, RegisteredProcess
-from genv.store import NotFound, PermissionRefused, StateError, Store, records
+from genv.domain.models import Attachment, Environment, RegisteredProcess, UserRecords
+from genv.store import NotFound, PermissionRefused, StateError, Store, codec, safefs
+from genv.system import procfs
+from support import wait_cmdline
 
-ALICE = 40001  # uids with no passwd entry: root can still own files as them
+
+class LinuxUser:
+    """A uid to run processes as (the sleeper fixture calls ``become``)."""
+
+    def __init__(self, name: str, uid: int, gid: int) -> None:
+        self.name, self.uid, self.gid = name, uid, gid
+
+    def become(self, umask: int | None = None) -> Callable[[], None]:
+        def preexec() -> None:
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+
+        return preexec
+
+
+ALICE = 40001
 BOB = 40002
+AS_ALICE = LinuxUser("alice40001", ALICE, ALICE)
+AS_BOB = LinuxUser("bob40002", BOB, BOB)
 
 Sleeper = Callable[..., subprocess.Popen[bytes]]
 
@@ -38,47 +63,61 @@ def store(state_dir: Path, uid: int = 0) -> Store:
     return Store(state_dir, caller_uid=uid)
 
 
-def kernel(sleeper: Sleeper, shared_tmp: Path, kernel_id: str) -> subprocess.Popen[bytes]:
+def kernel(sleeper: Sleeper, shared_tmp: Path, kernel_id: str,
+           user: LinuxUser | None = None) -> subprocess.Popen[bytes]:
     """A process that looks like a Jupyter kernel (its connection file is an argument)."""
     connection = shared_tmp / f"kernel-{kernel_id}.json"
-    return sleeper(argv=[sys.executable, "-c", "import time; time.sleep(3600)", str(connection)])
+    process = sleeper(user=user, argv=["/bin/sh", "-c", "sleep 3600; :", str(connection)])
+    wait_cmdline(process.pid, kernel_id)
+    return process
 
 
 def write_records(state_dir: Path, uid: int, environments: list[Environment],
-                  attachments: list[Attachment] | None = None) -> Path:
+                  attachments: list[Attachment] | None = None, name: str | None = None) -> Path:
     state_dir.mkdir(mode=0o1777, exist_ok=True)
     os.chmod(state_dir, 0o1777)
-    path = state_dir / f"state-{uid}.json"
-    path.write_bytes(records.encode(uid, environments, attachments or []))
+    path = state_dir / (name or f"state-{uid}.json")
+    records = UserRecords(uid, tuple(environments), tuple(attachments or ()))
+    path.write_bytes(codec.encode(records, procfs.boot_id()))
     os.chown(path, uid, -1)
+    path.chmod(0o644)
     return path
 
 
-def test_first_write_makes_the_folder_and_a_file_per_user(state_dir: Path,
-                                                          sleeper: Sleeper) -> None:
+def env_of(uid: int, eid: str, *processes: subprocess.Popen[bytes]) -> Environment:
+    return Environment(eid, uid, None, time.time(), processes=tuple(
+        RegisteredProcess(p.pid, procfs.start_of(p.pid)) for p in processes))
+
+
+# -- files and modes -------------------------------------------------------------------------
+
+
+def test_first_write_makes_the_folder_a_file_and_a_private_lock(state_dir: Path,
+                                                                sleeper: Sleeper) -> None:
     process = sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=process.pid)
+        tx.activate("e1", pid=process.pid)
     info = os.stat(state_dir)
-    assert stat.S_IMODE(info.st_mode) == 0o1777
-    assert info.st_uid == 0
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o1777, 0)
     path = state_dir / "state-0.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((state_dir / ".lock-0").stat().st_mode) == 0o600
     data = json.loads(path.read_bytes())
-    assert data["version"] == records.FORMAT_VERSION
+    assert (data["version"], data["boot_id"]) == (codec.FORMAT_VERSION, procfs.boot_id())
     [env] = store(state_dir).read().environments
-    assert env.eid == "e1"
-    assert env.pids == (process.pid,)
-    assert env.processes[0].start_time == pytest.approx(psutil.Process(process.pid).create_time())
-    assert sorted(os.listdir(state_dir)) == [".lock", "state-0.json"]
+    assert (env.eid, env.pids) == ("e1", (process.pid,))
+    assert env.processes[0].start == procfs.start_of(process.pid)
+    assert sorted(os.listdir(state_dir)) == [".lock-0", "state-0.json"]
 
 
-def test_root_writes_a_users_file_owned_by_that_user(state_dir: Path, sleeper: Sleeper,
-                                                     shared_tmp: Path) -> None:
-    kernel(sleeper, shared_tmp, "k1")
-    with store(state_dir).transaction() as tx:
-        tx.activate("ea", ALICE, kernel_id="k1")
+def test_root_writes_a_users_file_and_lock_owned_by_that_user(state_dir: Path, sleeper: Sleeper,
+                                                              shared_tmp: Path) -> None:
+    kernel(sleeper, shared_tmp, "k1", user=AS_ALICE)
+    with store(state_dir).transaction(uid=ALICE) as tx:
+        tx.activate("ea", kernel_id="k1")
     assert (state_dir / f"state-{ALICE}.json").stat().st_uid == ALICE
+    lock = (state_dir / f".lock-{ALICE}").stat()
+    assert (lock.st_uid, stat.S_IMODE(lock.st_mode)) == (ALICE, 0o600)
     [env] = store(state_dir).read().environments
     assert (env.uid, env.kernel_ids) == (ALICE, ("k1",))
 
@@ -86,7 +125,7 @@ def test_root_writes_a_users_file_owned_by_that_user(state_dir: Path, sleeper: S
 def test_nothing_is_saved_when_the_block_raises(state_dir: Path, sleeper: Sleeper) -> None:
     process = sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=process.pid)
+        tx.activate("e1", pid=process.pid)
     before = (state_dir / "state-0.json").read_bytes()
     with pytest.raises(RuntimeError), store(state_dir).transaction() as tx:
         tx.configure("e1", name="changed")
@@ -98,15 +137,28 @@ def test_nothing_is_saved_when_the_block_raises(state_dir: Path, sleeper: Sleepe
 def test_configure_changes_and_clears(state_dir: Path, sleeper: Sleeper) -> None:
     process = sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=process.pid)
-        tx.attach("e1", [0])
+        tx.activate("e1", pid=process.pid)
+        tx.attach("e1", 0)
         tx.configure("e1", name="n", gpus=2, gpu_memory="4g")
     state = store(state_dir).read()
-    assert state.environments[0].config == EnvConfig("n", 2, "4g")
+    assert (state.environments[0].config.name, state.environments[0].config.gpus) == ("n", 2)
     assert state.attachments[0].gpu_memory == "4g"  # capacity follows onto attachments
     with store(state_dir).transaction() as tx:
         tx.configure("e1", name=None, gpu_memory=None)
-    assert store(state_dir).read().environments[0].config == EnvConfig(None, 2, None)
+    config = store(state_dir).read().environments[0].config
+    assert (config.name, config.gpus, config.gpu_memory) == (None, 2, None)
+
+
+def test_values_are_checked_where_they_are_written(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper()
+    with store(state_dir).transaction() as tx:
+        tx.activate("e1", pid=process.pid)
+    for change in ({"name": "a\nb"}, {"name": "x,y"}, {"gpus": -1}, {"gpu_memory": "lots"}):
+        with pytest.raises(Exception, match="invalid|cannot|not allowed|negative"), \
+                store(state_dir).transaction() as tx:
+            tx.configure("e1", **change)
+    with pytest.raises(Exception, match="environment id"), store(state_dir).transaction() as tx:
+        tx.activate("bad id", pid=process.pid)
 
 
 def test_unknown_environment_is_not_found(state_dir: Path) -> None:
@@ -114,28 +166,233 @@ def test_unknown_environment_is_not_found(state_dir: Path) -> None:
         tx.configure("nope", name="x")
 
 
-def test_lock_held_elsewhere_times_out(state_dir: Path) -> None:
-    store(state_dir).read()  # creates the folder
-    fd = os.open(state_dir / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)
+def test_a_full_disk_changes_nothing(shared_tmp: Path, sleeper: Sleeper) -> None:
+    disk = shared_tmp / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=1777", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        state_dir = disk / "state"
+        first = sleeper()
+        with store(state_dir).transaction() as tx:
+            tx.activate("e1", pid=first.pid)
+        before = (state_dir / "state-0.json").read_bytes()
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(filler, b"\0" * 4096)
+        finally:
+            os.close(filler)
+        with pytest.raises(StateError, match="no space left") as caught, \
+                store(state_dir).transaction() as tx:
+            tx.configure("e1", name="x" * 100)
+            for number in range(200):
+                tx.activate(f"more{number}", pid=first.pid)
+        assert "\n" not in str(caught.value)
+        assert (state_dir / "state-0.json").read_bytes() == before
+        assert not [n for n in os.listdir(state_dir) if n.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# -- the per-user lock -----------------------------------------------------------------------
+
+
+def test_a_users_lock_held_elsewhere_times_out(state_dir: Path) -> None:
+    with store(state_dir, ALICE).transaction():
+        pass  # makes the lock
+    fd = os.open(state_dir / f".lock-{ALICE}", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(StateError, match="held"), store(state_dir).transaction(timeout=0.2):
+        started = time.monotonic()
+        with pytest.raises(StateError, match="another command"), \
+                store(state_dir, ALICE).transaction(timeout=0.3):
+            pass
+        assert time.monotonic() - started < 2
+        # other users (and root for itself) are not held up by alice's lock
+        with store(state_dir, BOB).transaction(timeout=0.3):
+            pass
+        with store(state_dir).transaction(timeout=0.3):
             pass
     finally:
         os.close(fd)
-    with store(state_dir).transaction(timeout=1):
+
+
+def test_no_other_user_can_open_a_users_lock(state_dir: Path, run_as_uid: Callable) -> None:
+    with store(state_dir, ALICE).transaction():
         pass
+    result = run_as_uid(BOB, f"open({str(state_dir / f'.lock-{ALICE}')!r})")
+    assert "PermissionError" in result.stderr
 
 
-# -- liveness --------------------------------------------------------------------------
+def test_two_transactions_of_one_user_take_turns(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper(user=AS_ALICE)
+    with store(state_dir, ALICE).transaction() as tx:
+        tx.activate("e", pid=process.pid)
+    errors: list[BaseException] = []
+
+    def add(number: int) -> None:
+        try:
+            with store(state_dir, ALICE).transaction() as tx:
+                tx.configure("e", gpus=number)
+                tx.attach("e", number)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(a.device_index for a in store(state_dir).read().attachments) == list(range(8))
+
+
+# -- planted names ---------------------------------------------------------------------------
+
+
+def test_a_planted_state_name_does_not_lock_its_owner_out(state_dir: Path, sleeper: Sleeper,
+                                                           run_as_uid: Callable) -> None:
+    process = sleeper(user=AS_ALICE)
+    forged = write_records(state_dir, BOB, [env_of(BOB, "forged", process)],
+                           name=f"state-{ALICE}.json")
+    state = store(state_dir, ALICE).read()
+    assert state.environments == ()
+    assert state.problems and state.problems[0].uid is None  # concerns nobody
+    with store(state_dir, ALICE).transaction() as tx:  # alice writes under a fallback name
+        tx.activate("ea", pid=process.pid)
+    assert forged.stat().st_uid == BOB
+    assert (state_dir / f"state-{ALICE}~1.json").stat().st_uid == ALICE
+    assert [e.eid for e in store(state_dir, BOB).read().environments] == ["ea"]
+    # root removes the planted file; alice's next write goes back to the canonical name
+    Store(state_dir).read()
+    assert not forged.exists()
+    with store(state_dir, ALICE).transaction() as tx:
+        tx.configure("ea", name="back")
+    assert (state_dir / f"state-{ALICE}.json").stat().st_uid == ALICE
+    assert not (state_dir / f"state-{ALICE}~1.json").exists()
+    assert [e.config.name for e in store(state_dir).read().environments] == ["back"]
+
+
+def test_a_planted_lock_name_does_not_lock_its_owner_out(state_dir: Path,
+                                                          sleeper: Sleeper) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    planted = state_dir / f".lock-{ALICE}"
+    planted.write_text("")
+    os.chown(planted, BOB, -1)
+    planted.chmod(0o644)
+    fd = os.open(planted, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # bob holds it forever
+    try:
+        process = sleeper(user=AS_ALICE)
+        started = time.monotonic()
+        with store(state_dir, ALICE).transaction(timeout=5) as tx:
+            tx.activate("ea", pid=process.pid)
+        assert time.monotonic() - started < 1
+        assert (state_dir / f".lock-{ALICE}~1").stat().st_uid == ALICE
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["link", "folder", "fifo"])
+def test_planted_names_are_never_followed_and_root_removes_them(
+    state_dir: Path, sleeper: Sleeper, shared_tmp: Path, kind: str,
+) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    victim = shared_tmp / "victim"
+    victim.write_text("precious\n")
+    planted = state_dir / f"state-{ALICE}.json"
+    if kind == "link":
+        planted.symlink_to(victim)
+    elif kind == "folder":
+        planted.mkdir()
+        (planted / "inside").symlink_to(victim)
+    else:
+        os.mkfifo(planted)
+    os.chown(planted, BOB, -1, follow_symlinks=False)
+    process = sleeper(user=AS_ALICE)
+    with store(state_dir, ALICE).transaction(timeout=5) as tx:
+        tx.activate("ea", pid=process.pid)
+    assert victim.read_text() == "precious\n"
+    assert [e.eid for e in store(state_dir, ALICE).read().environments] == ["ea"]
+    Store(state_dir).read()  # root's pass removes what was planted
+    assert not os.path.lexists(planted)
+    assert victim.read_text() == "precious\n"
+
+
+def test_only_canonical_file_names_count(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper()
+    path = write_records(state_dir, 0, [env_of(0, "padded", process)])
+    path.rename(state_dir / "state-00.json")
+    os.chown(state_dir / "state-00.json", ALICE, -1)
+    state = store(state_dir).read()
+    assert state.environments == ()
+    with store(state_dir).transaction() as tx:  # root is not blocked by it
+        tx.activate("e1", pid=process.pid)
+
+
+# -- bad files -------------------------------------------------------------------------------
+
+
+def test_a_corrupt_file_concerns_only_its_owner_and_is_never_overwritten(
+    state_dir: Path, sleeper: Sleeper,
+) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    corrupt = state_dir / f"state-{ALICE}.json"
+    corrupt.write_bytes(b'{"version": 2, "uid": 40001, "environ')
+    os.chown(corrupt, ALICE, -1)
+    process, bobs = sleeper(), sleeper(user=AS_BOB)
+    with store(state_dir).transaction() as tx:
+        tx.activate("e1", pid=process.pid)
+    with store(state_dir, BOB).transaction() as tx:
+        tx.activate("eb", pid=bobs.pid)
+    state = store(state_dir).read()
+    assert sorted(e.eid for e in state.environments) == ["e1", "eb"]
+    [problem] = state.problems
+    assert (problem.uid, problem.owner_fault) == (ALICE, True)
+    with pytest.raises(StateError, match=str(corrupt)), \
+            store(state_dir, ALICE).transaction() as tx:
+        tx.activate("ea", pid=sleeper(user=AS_ALICE).pid)
+    assert corrupt.read_bytes() == b'{"version": 2, "uid": 40001, "environ'
+
+
+def test_a_file_others_can_write_is_not_trusted(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper(user=AS_ALICE)
+    path = write_records(state_dir, ALICE, [env_of(ALICE, "ea", process)])
+    path.chmod(0o666)
+    state = store(state_dir).read()
+    assert state.environments == ()
+    assert "chmod 644" in state.problems[0].line()
+
+
+def test_a_huge_file_is_not_read(state_dir: Path) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    path = state_dir / f"state-{ALICE}.json"
+    with open(path, "wb") as file:
+        file.truncate(100 * 1024 * 1024)  # 100 MB, sparse
+    os.chown(path, ALICE, -1)
+    started = time.monotonic()
+    state = store(state_dir).read()
+    assert time.monotonic() - started < 1
+    assert "larger than" in state.problems[0].line()
+
+
+# -- liveness --------------------------------------------------------------------------------
 
 
 def test_environment_ends_with_its_last_process(state_dir: Path, sleeper: Sleeper) -> None:
     first, second = sleeper(), sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=first.pid)
-        tx.activate("e1", 0, pid=second.pid)
-        tx.attach("e1", [1, 2])
+        tx.activate("e1", pid=first.pid)
+        tx.activate("e1", pid=second.pid)
+        tx.attach("e1", 1)
+        tx.attach("e1", 2)
     first.kill()
     first.wait()
     [env] = store(state_dir).read().environments
@@ -143,170 +400,132 @@ def test_environment_ends_with_its_last_process(state_dir: Path, sleeper: Sleepe
     second.kill()
     second.wait()
     state = store(state_dir).read()
-    assert state.environments == ()
-    assert state.attachments == ()
+    assert (state.environments, state.attachments) == ((), ())
 
 
-def test_a_reused_pid_does_not_keep_an_environment_alive(state_dir: Path,
-                                                         sleeper: Sleeper) -> None:
+def test_a_reused_pid_keeps_nothing_alive(state_dir: Path, sleeper: Sleeper) -> None:
     process = sleeper()
-    started = psutil.Process(process.pid).create_time()
-    env = Environment("e1", 0, "root", started)
+    start = procfs.start_of(process.pid)
+    assert start is not None
     write_records(state_dir, 0, [
-        env,
-        Environment("reused", 0, "root", started,
-                    processes=(RegisteredProcess(process.pid, started - 100.0),)),
-        Environment("same", 0, "root", started,
-                    processes=(RegisteredProcess(process.pid, started),)),
-    ], [Attachment(0, "reused", 0, started), Attachment(1, "same", 0, started)])
+        Environment("reused", 0, None, 1.0, processes=(RegisteredProcess(process.pid, start - 5),)),
+        Environment("unknown", 0, None, 1.0, processes=(RegisteredProcess(process.pid, None),)),
+        Environment("same", 0, None, 1.0, processes=(RegisteredProcess(process.pid, start),)),
+    ], [Attachment(0, "reused", 0, 1.0), Attachment(1, "same", 0, 1.0)])
     state = store(state_dir).read()
     assert [e.eid for e in state.environments] == ["same"]
     assert [(a.device_index, a.eid) for a in state.attachments] == [(1, "same")]
 
 
-def test_a_record_without_start_time_lives_while_the_pid_exists(state_dir: Path,
-                                                                sleeper: Sleeper) -> None:
-    process = sleeper()
-    write_records(state_dir, 0, [Environment(
-        "old", 0, None, 1.0, processes=(RegisteredProcess(process.pid, None),))])
-    assert [e.eid for e in store(state_dir).read().environments] == ["old"]
-    process.kill()
-    process.wait()
+def test_another_users_process_keeps_no_environment_alive(state_dir: Path,
+                                                          sleeper: Sleeper) -> None:
+    bobs = sleeper(user=AS_BOB)
+    write_records(state_dir, ALICE, [env_of(ALICE, "ea", bobs)])
     assert store(state_dir).read().environments == ()
+    with pytest.raises(PermissionRefused, match="another user"), \
+            store(state_dir).transaction(uid=ALICE) as tx:
+        tx.activate("ea", pid=bobs.pid)
 
 
-def test_a_kernel_environment_lives_while_the_kernel_runs(state_dir: Path, sleeper: Sleeper,
-                                                          shared_tmp: Path) -> None:
-    process = kernel(sleeper, shared_tmp, "abc-123")
+def test_a_clock_step_keeps_environments_alive(state_dir: Path, sleeper: Sleeper) -> None:
+    """Starts are ticks since boot: what the wall clock says does not enter into it."""
+    process = sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("k", 0, kernel_id="abc-123")
+        tx.activate("e1", pid=process.pid)
+    data = json.loads((state_dir / "state-0.json").read_bytes())
+    data["environments"][0]["creation"] -= 10 * 365 * 86400  # as if the clock had jumped
+    (state_dir / "state-0.json").write_text(json.dumps(data))
+    assert [e.eid for e in store(state_dir).read().environments] == ["e1"]
+
+
+def test_a_kernel_environment_lives_while_its_owners_kernel_runs(
+    state_dir: Path, sleeper: Sleeper, shared_tmp: Path,
+) -> None:
+    impostor = kernel(sleeper, shared_tmp, "abc-123", user=AS_BOB)
+    with store(state_dir).transaction(uid=ALICE) as tx:
+        tx.activate("k", kernel_id="abc-123")
+    assert store(state_dir).read().environments == ()  # bob's "kernel" keeps nothing alive
+    process = kernel(sleeper, shared_tmp, "abc-123", user=AS_ALICE)
+    with store(state_dir).transaction(uid=ALICE) as tx:
+        tx.activate("k", kernel_id="abc-123")
     assert [e.kernel_ids for e in store(state_dir).read().environments] == [("abc-123",)]
     process.kill()
     process.wait()
     assert store(state_dir).read().environments == ()
+    impostor.kill()
 
 
-# -- permissions -----------------------------------------------------------------------
+# -- who may change what ---------------------------------------------------------------------
 
 
-def test_users_may_not_act_for_others(state_dir: Path, sleeper: Sleeper,
-                                      shared_tmp: Path) -> None:
-    kernel(sleeper, shared_tmp, "ka")
+def test_users_may_not_change_others_records(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper(user=AS_ALICE)
     with store(state_dir, ALICE).transaction() as tx:
-        tx.activate("ea", ALICE, kernel_id="ka")
+        tx.activate("ea", pid=process.pid)
     before = (state_dir / f"state-{ALICE}.json").read_bytes()
-    attempts = [
-        lambda tx: tx.activate("eb", ALICE, kernel_id="ka"),
-        lambda tx: tx.activate("ea", BOB, kernel_id="ka"),
-        lambda tx: tx.configure("ea", name="mine"),
-        lambda tx: tx.attach("ea", [0]),
-        lambda tx: tx.detach("ea"),
-        lambda tx: tx.deactivate(kernel_id="ka"),
-    ]
-    for attempt in attempts:
-        with pytest.raises(PermissionRefused, match="permission"), \
-                store(state_dir, BOB).transaction() as tx:
-            attempt(tx)
-    assert (state_dir / f"state-{ALICE}.json").read_bytes() == before
-    assert not (state_dir / f"state-{BOB}.json").exists()
-
-
-def test_a_user_may_not_register_another_users_process(state_dir: Path,
-                                                       sleeper: Sleeper) -> None:
-    process = sleeper()  # a root process
     with pytest.raises(PermissionRefused, match="permission"), \
-            store(state_dir, ALICE).transaction() as tx:
-        tx.activate("ea", ALICE, pid=process.pid)
+            store(state_dir, BOB).transaction(uid=ALICE):
+        pass
+    with pytest.raises(PermissionRefused), store(state_dir, BOB).transaction() as tx:
+        tx.revoke(environments=list(store(state_dir).read().environments))
+    assert (state_dir / f"state-{ALICE}.json").read_bytes() == before
 
 
-def test_root_may_change_anything(state_dir: Path, sleeper: Sleeper, shared_tmp: Path) -> None:
-    kernel(sleeper, shared_tmp, "ka")
+def test_ids_are_unique_per_owner(state_dir: Path, sleeper: Sleeper) -> None:
+    """Nobody can squat another user's next default id (a shell's pid)."""
+    alices, bobs = sleeper(user=AS_ALICE), sleeper(user=AS_BOB)
+    with store(state_dir, BOB).transaction() as tx:
+        tx.activate(str(alices.pid), pid=bobs.pid)
     with store(state_dir, ALICE).transaction() as tx:
-        tx.activate("ea", ALICE, kernel_id="ka")
-    with store(state_dir).transaction() as tx:
-        tx.configure("ea", name="by-root")
-        tx.attach("ea", [3])
-    path = state_dir / f"state-{ALICE}.json"
-    assert path.stat().st_uid == ALICE
-    state = store(state_dir, ALICE).read()
-    assert state.environments[0].config.name == "by-root"
-    assert [a.device_index for a in state.attachments] == [3]
+        tx.activate(str(alices.pid), pid=alices.pid)
+    assert sorted(e.uid for e in store(state_dir).read().environments) == [ALICE, BOB]
 
 
-# -- files others planted --------------------------------------------------------------
-
-
-def test_a_file_owned_by_someone_else_is_ignored(state_dir: Path, sleeper: Sleeper) -> None:
-    process = sleeper()
-    started = psutil.Process(process.pid).create_time()
-    forged = write_records(state_dir, BOB, [Environment(
-        "forged", BOB, None, started, processes=(RegisteredProcess(process.pid, started),))])
-    os.chown(forged, ALICE, -1)
-    state = store(state_dir, BOB).read()
-    assert state.environments == ()
-    [problem] = state.problems
-    assert str(forged) in problem.line()
-    # root's next write for bob replaces the planted file
-    with store(state_dir).transaction() as tx:
-        tx.activate("eb", BOB, pid=process.pid)
-    assert forged.stat().st_uid == BOB
-    assert [e.eid for e in store(state_dir, BOB).read().environments] == ["eb"]
-
-
-def test_only_canonical_file_names_count(state_dir: Path, sleeper: Sleeper) -> None:
-    process = sleeper()
-    started = psutil.Process(process.pid).create_time()
-    path = write_records(state_dir, 0, [Environment(
-        "padded", 0, None, started, processes=(RegisteredProcess(process.pid, started),))])
-    path.rename(state_dir / "state-00.json")
-    os.chown(state_dir / "state-00.json", ALICE, -1)
+def test_root_revokes_without_touching_the_users_file(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper(user=AS_ALICE)
+    with store(state_dir, ALICE).transaction() as tx:
+        tx.activate("ea", pid=process.pid)
+        tx.attach("ea", 0)
+        tx.attach("ea", 1)
+    before = (state_dir / f"state-{ALICE}.json").read_bytes()
     state = store(state_dir).read()
-    assert state.environments == ()
-    assert state.problems == ()
-    with store(state_dir).transaction() as tx:  # root is not blocked by it
-        tx.activate("e1", 0, pid=process.pid)
-
-
-def test_a_planted_link_is_never_followed(state_dir: Path, sleeper: Sleeper,
-                                          shared_tmp: Path) -> None:
-    store(state_dir).read()
-    victim = shared_tmp / "victim"
-    victim.write_text("precious\n")
-    (state_dir / "state-0.json").symlink_to(victim)
-    process = sleeper()
-    state = store(state_dir).read()
-    assert state.problems and "link" in state.problems[0].line()
-    with pytest.raises(StateError, match="state-0.json"), store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=process.pid)
-    assert victim.read_text() == "precious\n"
-    assert (state_dir / "state-0.json").is_symlink()
-
-
-def test_a_folder_in_place_of_a_file_is_reported(state_dir: Path) -> None:
-    state_dir.mkdir(mode=0o1777)
-    (state_dir / f"state-{ALICE}.json").mkdir()
-    os.chown(state_dir / f"state-{ALICE}.json", ALICE, -1)
-    state = store(state_dir).read()
-    [problem] = state.problems
-    assert problem.uid == ALICE
-    assert "not a regular file" in problem.line()
-
-
-def test_corrupt_file_blocks_only_its_owner(state_dir: Path, sleeper: Sleeper) -> None:
-    state_dir.mkdir(mode=0o1777)
-    os.chmod(state_dir, 0o1777)
-    corrupt = state_dir / f"state-{ALICE}.json"
-    corrupt.write_bytes(b'{"version": 1, "uid": 40001, "environ')
-    os.chown(corrupt, ALICE, -1)
-    process = sleeper()
     with store(state_dir).transaction() as tx:
-        tx.activate("e1", 0, pid=process.pid)
-    with pytest.raises(StateError, match=str(corrupt)), store(state_dir).transaction() as tx:
-        tx.activate("ea", ALICE, kernel_id="whatever")
-    with pytest.raises(StateError, match=str(corrupt)), \
-            store(state_dir, ALICE).transaction() as tx:
-        tx.configure("ea", name="x")
-    assert corrupt.read_bytes() == b'{"version": 1, "uid": 40001, "environ'
+        tx.revoke(attachments=[a for a in state.attachments if a.device_index == 1])
+    assert (state_dir / f"state-{ALICE}.json").read_bytes() == before
+    assert [a.device_index for a in store(state_dir, ALICE).read().attachments] == [0]
+    with store(state_dir, ALICE).transaction() as tx:  # alice's next write drops it
+        tx.configure("ea", name="n")
+    assert len(json.loads((state_dir / f"state-{ALICE}.json").read_bytes())["attachments"]) == 1
+    with store(state_dir).transaction() as tx:  # and root's next write forgets the revocation
+        tx.revoke()
+    assert "revoked" not in json.loads((state_dir / "state-0.json").read_bytes())
+    # attaching again later is not revoked
+    with store(state_dir, ALICE).transaction() as tx:
+        tx.attach("ea", 1)
+    assert [a.device_index for a in store(state_dir).read().attachments] == [0, 1]
+
+
+def test_a_removed_folder_is_never_read_as_empty(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper()
+    reader = store(state_dir)
+    with reader.transaction() as tx:
+        tx.activate("e1", pid=process.pid)
+    assert [e.eid for e in reader.read().environments] == ["e1"]
+    moved = state_dir.with_name("moved")
+    state_dir.rename(moved)
+    with pytest.raises(StateError, match="removed"):
+        reader.read()
+    moved.rename(state_dir)
+    assert [e.eid for e in reader.read().environments] == ["e1"]
+
+
+def test_a_users_folder_in_a_shared_place_is_made_by_root_only(
+    shared_tmp: Path, run_as_uid: Callable,
+) -> None:
+    target = shared_tmp / "fresh"
+    result = run_as_uid(ALICE, f"from genv.store import Store; Store({str(target)!r}).read()")
+    assert "an admin should create it" in result.stderr
+    assert not target.exists()
 
 
 def test_a_world_writable_folder_is_taken_over_by_root(state_dir: Path) -> None:
@@ -316,3 +535,20 @@ def test_a_world_writable_folder_is_taken_over_by_root(state_dir: Path) -> None:
     store(state_dir).read()
     info = os.stat(state_dir)
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o1777)
+
+
+def test_write_errors_are_one_line(shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = os.open(shared_tmp, os.O_RDONLY | os.O_DIRECTORY)
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    try:
+        with pytest.raises(StateError, match="no space left") as caught:
+            safefs.write_atomic(fd, "x.json", b"{}", 0, "x.json")
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert "\n" not in str(caught.value)
+    assert not [n for n in os.listdir(shared_tmp) if n.endswith(".tmp")]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from genv.domain.models import GpuSnapshot
+from genv.errors import GenvError
 
 
-class BackendError(RuntimeError):
+class BackendError(GenvError, RuntimeError):
     """The GPUs cannot be read at all (no driver, no library, a bad simulated machine).
 
     The message is one line for the user: what is wrong and what to do.

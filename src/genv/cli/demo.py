@@ -22,8 +22,11 @@ QUICKSTART_MEMORY = "7295mi"
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--gpus", type=int, default=2, help="GPUs of the simulated machine")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the simulated machine's folder and print where it is")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the simulated machine's folder and print where it is",
+    )
 
 
 class Demo:
@@ -54,8 +57,9 @@ class Demo:
     def genv(self, *args: str, show: bool = True) -> str:
         if show:
             self.say(f"$ genv {' '.join(args)}")
-        result = subprocess.run([sys.executable, "-m", "genv", *args], env=self.env,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "genv", *args], env=self.env, capture_output=True, text=True
+        )
         if show and result.stdout:
             print(result.stdout, end="", flush=True)
         if result.returncode != 0:
@@ -64,11 +68,15 @@ class Demo:
 
     def quickstart(self, device: int, env: dict[str, str] | None = None) -> subprocess.Popen:
         """A stand-in for the CUDA ``quickstart`` application, holding memory on ``device``."""
-        process = subprocess.Popen(["quickstart", "3600"], executable=shutil.which("sleep"),
-                                   env={**self.env, **(env or {})})
+        process = subprocess.Popen(
+            ["quickstart", "3600"],
+            executable=shutil.which("sleep"),
+            env={**self.env, **(env or {})},
+        )
         self.children.append(process)
         self.gpu_processes.append(
-            {"pid": process.pid, "device": device, "used_memory": QUICKSTART_MEMORY})
+            {"pid": process.pid, "device": device, "used_memory": QUICKSTART_MEMORY}
+        )
         self.write_machine()
         self.say("$ ./quickstart &")
         self.say(f"[1] {process.pid}")
@@ -84,8 +92,7 @@ class Demo:
         self.say(f"[1]+  {state:<24}./quickstart")
 
     def run(self) -> int:
-        self.say("# A simulated machine: "
-                 f"{len(self.devices)} GPUs of 80 GiB, in {self.folder}")
+        self.say(f"# A simulated machine: {len(self.devices)} GPUs of 80 GiB, in {self.folder}")
         self.say()
         self.say("# Non-environment processes")
         process = self.quickstart(device=0)
@@ -98,8 +105,9 @@ class Demo:
         shell = subprocess.Popen(["bash", "-c", "exec sleep 3600"], env=self.env)
         self.children.append(shell)
         eid = str(shell.pid)
-        self.genv("envs", "activate", "--eid", eid, "--uid", str(os.getuid()),
-                  "--pid", eid, show=False)
+        self.genv(
+            "envs", "activate", "--eid", eid, "--uid", str(os.getuid()), "--pid", eid, show=False
+        )
         self.genv("devices", "attach", "--eid", eid, "--count", "1", show=False)
         time.sleep(1)  # so that "attached ... ago" reads like a person's terminal
         self.genv("devices")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from genv.backends import open_backend
 from genv.cli import common
 from genv.core import devices as core
+from genv.domain import validate
 from genv.domain.models import Attachment, Device
 from genv.domain.timefmt import timestamp
 from genv.store import State, Store
@@ -22,36 +22,43 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
 
     attach = sub.add_parser("attach", help="Attach devices to an environment")
-    attach.add_argument("--eid", required=True, help="Environment identifier")
-    attach.add_argument("--allow-over-subscription", action="store_true",
-                        help="Use devices that other environments hold if needed")
+    eid = common.checked(validate.environment_id)
+    index = common.checked(validate.device_index)
+    attach.add_argument("--eid", required=True, type=eid, help="Environment identifier")
+    attach.add_argument(
+        "--allow-over-subscription",
+        action="store_true",
+        help="Use devices that other environments hold if needed",
+    )
     which = attach.add_mutually_exclusive_group()
-    which.add_argument("--count", type=int, help="Total number of devices to be attached")
-    which.add_argument("--index", type=int, help="Index of the device to attach")
+    which.add_argument(
+        "--count",
+        type=common.checked(validate.count),
+        help="Total number of devices to be attached",
+    )
+    which.add_argument("--index", type=index, help="Index of the device to attach")
 
     detach = sub.add_parser("detach", help="Detach devices from an environment")
-    detach.add_argument("--eid", required=True, help="Environment identifier")
-    detach.add_argument("--index", type=int, help="Index of the device to detach")
+    detach.add_argument("--eid", required=True, type=eid, help="Environment identifier")
+    detach.add_argument("--index", type=index, help="Index of the device to detach")
     detach.add_argument("--quiet", action="store_true", help="Print nothing")
 
     find = sub.add_parser("find", help="Print the devices attached to an environment")
-    find.add_argument("--eid", required=True, help="Environment identifier")
+    find.add_argument("--eid", required=True, type=eid, help="Environment identifier")
 
     ps = sub.add_parser("ps", help="Print the devices and their attachments")
     common.add_table_arguments(ps, defaults=False)
 
     query = sub.add_parser("query", help="Query devices")
-    query.add_argument("--query", "--queries", dest="queries", nargs="+", required=True,
-                       choices=QUERY_FIELDS)
+    query.add_argument(
+        "--query", "--queries", dest="queries", nargs="+", required=True, choices=QUERY_FIELDS
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     store = common.open_store()
     if args.reset:
-        with store.transaction() as tx:
-            for env in tx.view().environments:
-                if tx.is_root or env.uid == tx.caller_uid:
-                    tx.detach(env.eid, uid=env.uid)
+        core.reset(store)
     action = args.action or "ps"
     return ACTIONS[action](store, args)
 
@@ -61,9 +68,13 @@ def _print_indices(indices: list[int]) -> None:
 
 
 def _attach(store: Store, args: argparse.Namespace) -> int:
-    backend = open_backend()
-    indices = core.attach(store, backend, args.eid, count=args.count, index=args.index,
-                          allow_over_subscription=args.allow_over_subscription)
+    indices = core.attach(
+        store,
+        args.eid,
+        count=args.count,
+        index=args.index,
+        over_subscribe=args.allow_over_subscription,
+    )
     _print_indices(indices)
     return 0
 
@@ -77,12 +88,14 @@ def _detach(store: Store, args: argparse.Namespace) -> int:
 
 def _find(store: Store, args: argparse.Namespace) -> int:
     state = common.read_state(store)
-    env = state.environment(args.eid, prefer_uid=store.caller_uid)
-    _print_indices([] if env is None else sorted(a.device_index for a in state.attachments_of(env)))
+    env = state.lookup(args.eid, prefer_uid=store.caller_uid)
+    _print_indices([] if env is None else state.attached_indices(env))
     return 1 if common.own_problem(state, store.caller_uid) else 0
 
 
 def _hardware_and_state(store: Store) -> tuple[list[Device], State]:
+    from genv.backends import open_backend
+
     devices = list(open_backend().snapshot(processes=False).devices)
     state = common.read_state(store)
     present = {device.index for device in devices}
@@ -99,39 +112,45 @@ def _hardware_and_state(store: Store) -> tuple[list[Device], State]:
 def _rows(devices: list[Device], state: State) -> list[tuple[int, list[Attachment]]]:
     """One entry per device index seen in hardware or in attachments, in index order."""
     indices = sorted({d.index for d in devices} | {a.device_index for a in state.attachments})
-    return [(index, sorted(state.attachments_on(index), key=lambda a: a.time))
-            for index in indices]
+    return [(index, sorted(state.attachments_on(index), key=lambda a: a.time)) for index in indices]
 
 
 def _ps(store: Store, args: argparse.Namespace) -> int:
     devices, state = _hardware_and_state(store)
-    names = {(env.uid, env.eid): env.config.name for env in state.environments}
+    names = {env.key: env.config.name for env in state.environments}
     rows = _rows(devices, state)
     if args.format == "json":
         by_index = {d.index: d for d in devices}
-        common.print_json([
-            {
-                "index": index,
-                "uuid": by_index[index].uuid if index in by_index else None,
-                "name": by_index[index].name if index in by_index else None,
-                "total_memory": by_index[index].total_memory if index in by_index else None,
-                "present": index in by_index,
-                "attachments": [
-                    {"eid": a.eid, "uid": a.uid, "env_name": names.get((a.uid, a.eid)),
-                     "gpu_memory": a.gpu_memory, "time": a.time,
-                     "over_subscribed": a.over_subscribed}
-                    for a in attachments
-                ],
-            }
-            for index, attachments in rows
-        ])
+        common.print_json(
+            [
+                {
+                    "index": index,
+                    "uuid": by_index[index].uuid if index in by_index else None,
+                    "name": by_index[index].name if index in by_index else None,
+                    "total_memory": by_index[index].total_memory if index in by_index else None,
+                    "present": index in by_index,
+                    "attachments": [
+                        {
+                            "eid": a.eid,
+                            "uid": a.uid,
+                            "env_name": names.get(a.env_key),
+                            "gpu_memory": a.gpu_memory,
+                            "time": a.time,
+                            "over_subscribed": a.over_subscribed,
+                        }
+                        for a in attachments
+                    ],
+                }
+                for index, attachments in rows
+            ]
+        )
         return 1 if common.own_problem(state, store.caller_uid) else 0
     table = []
     for index, attachments in rows:
         if not attachments:
             table.append((index, "", "", ""))
         for a in attachments:
-            table.append((index, a.eid, names.get((a.uid, a.eid)) or "", common.when(a.time, args)))
+            table.append((index, a.eid, names.get(a.env_key) or "", common.when(a.time, args)))
     common.print_table(args, ("ID", "ENV ID", "ENV NAME", "ATTACHED"), (8, 12, 16), table)
     return 1 if common.own_problem(state, store.caller_uid) else 0
 

@@ -7,37 +7,50 @@ import logging
 import os
 import sys
 
-from genv.domain.memory import MemoryFormatError, parse_memory
+from genv.cli.common import checked
+from genv.domain import validate
 
 log = logging.getLogger("genv.enforce")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
-    return value
+def _uid(name: str) -> int:
+    """The uid of a user the admin named, looked up once, now: an unknown name is an error
+    here rather than a rule that silently never applies."""
+    from genv.errors import UsageError
+    from genv.system import users
+
+    uid = users.uid_of(name)
+    if uid is None:
+        raise UsageError(f"there is no user named {name!r} (check the name, or give a uid)")
+    return uid
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
-    return value
+def _program(name: str) -> str:
+    """The resolved path of a program the admin named (a path, or a name on PATH): processes
+    are matched by what runs (``/proc/PID/exe``), never by the name they give themselves."""
+    import shutil
+
+    from genv.errors import UsageError
+
+    found = name if os.path.isabs(name) else shutil.which(name)
+    if found is None or not os.path.isfile(found):
+        raise UsageError(
+            f"--exempt-process {name}: no such program (not a file, nor on PATH); give its "
+            "full path, e.g. /usr/lib/xorg/Xorg"
+        )
+    return os.path.realpath(found)
 
 
-def _memory(text: str) -> str:
-    try:
-        parse_memory(text)
-    except MemoryFormatError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+MAX_INTERVAL = 86400.0  # a day: beyond that, enforcement is not running
+MAX_GRACE = 3600.0
+
+
+def _seconds(what: str, maximum: float):  # noqa: ANN202 - an argparse type
+    return checked(lambda text: validate.seconds(text, what, maximum))
+
+
+_count = checked(validate.count)
+_memory = checked(validate.memory_amount)
 
 
 def _user_value(convert):
@@ -51,40 +64,96 @@ def _user_value(convert):
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--interval", type=_non_negative_float, default=10.0,
-                        help="seconds between cycles; 0 runs one cycle and exits (default: 10)")
+    parser.add_argument(
+        "--interval",
+        type=_seconds("--interval", MAX_INTERVAL),
+        default=10.0,
+        help="seconds between cycles; 0 runs one cycle and exits (default: 10)",
+    )
     rules = parser.add_argument_group("rules")
-    rules.add_argument("--non-env-processes", action=argparse.BooleanOptionalAction,
-                       default=False,
-                       help="terminate GPU processes that are not in an environment "
-                            "(default: off)")
-    rules.add_argument("--env-devices", action=argparse.BooleanOptionalAction, default=True,
-                       help="terminate processes using devices not attached to their "
-                            "environment (default: on)")
-    rules.add_argument("--env-memory", action=argparse.BooleanOptionalAction, default=True,
-                       help="terminate processes of environments over their GPU memory "
-                            "capacity (default: on)")
-    rules.add_argument("--max-devices-per-user", type=_count, metavar="N",
-                       help="maximum devices each user may have attached")
-    rules.add_argument("--max-devices-for-user", type=_user_value(_count), nargs="+",
-                       default=[], metavar="USER=N", help="per-user device maximum")
-    rules.add_argument("--max-memory-per-user", type=_memory, metavar="AMOUNT",
-                       help="maximum GPU memory of each user's processes, all devices (e.g. 40g)")
-    rules.add_argument("--max-memory-for-user", type=_user_value(_memory), nargs="+",
-                       default=[], metavar="USER=AMOUNT", help="per-user GPU memory maximum")
-    rules.add_argument("--exempt-user", nargs="+", default=[], metavar="NAME",
-                       help="users whose processes are never terminated")
-    rules.add_argument("--exempt-process", nargs="+", default=[], metavar="NAME",
-                       help="programs never terminated, by executable name (e.g. Xorg)")
+    rules.add_argument(
+        "--non-env-processes",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="terminate GPU processes that are not in an environment (default: off)",
+    )
+    rules.add_argument(
+        "--env-devices",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="terminate processes using devices not attached to their environment (default: on)",
+    )
+    rules.add_argument(
+        "--env-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="terminate processes of environments over their GPU memory capacity (default: on)",
+    )
+    rules.add_argument(
+        "--max-devices-per-user",
+        type=_count,
+        metavar="N",
+        help="maximum devices each user may have attached",
+    )
+    rules.add_argument(
+        "--max-devices-for-user",
+        type=_user_value(_count),
+        nargs="+",
+        default=[],
+        metavar="USER=N",
+        help="per-user device maximum",
+    )
+    rules.add_argument(
+        "--max-memory-per-user",
+        type=_memory,
+        metavar="AMOUNT",
+        help="maximum GPU memory of each user's processes, all devices (e.g. 40g)",
+    )
+    rules.add_argument(
+        "--max-memory-for-user",
+        type=_user_value(_memory),
+        nargs="+",
+        default=[],
+        metavar="USER=AMOUNT",
+        help="per-user GPU memory maximum",
+    )
+    rules.add_argument(
+        "--exempt-user",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="users whose processes are never terminated",
+    )
+    rules.add_argument(
+        "--exempt-process",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="programs never terminated, by executable name (e.g. Xorg)",
+    )
     acting = parser.add_argument_group("acting")
-    acting.add_argument("--grace", type=_non_negative_float, default=10.0, metavar="SECONDS",
-                        help="seconds between SIGTERM and SIGKILL (default: 10)")
-    acting.add_argument("--dry-run", action="store_true",
-                        help="print what would be done, and do nothing")
-    acting.add_argument("--log-format", choices=["plain", "json"], default="plain",
-                        help="plain lines (default) or one JSON object per finding and action")
-    acting.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        default="info", help="level of the diagnostics on stderr")
+    acting.add_argument(
+        "--grace",
+        type=_seconds("--grace", MAX_GRACE),
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL (default: 10)",
+    )
+    acting.add_argument(
+        "--dry-run", action="store_true", help="print what would be done, and do nothing"
+    )
+    acting.add_argument(
+        "--log-format",
+        choices=["plain", "json"],
+        default="plain",
+        help="plain lines (default) or one JSON object per finding and action",
+    )
+    acting.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="level of the diagnostics on stderr",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,33 +164,40 @@ def run(args: argparse.Namespace) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
-    from genv.system.processes import KernelTracker
+    from genv.system.kernels import KernelTracker
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="genv enforce: %(levelname)s: %(message)s")
+    library = logging.getLogger("genv")  # the daemon logs in its own format, not as warnings
+    library.handlers.clear()
+    library.setLevel(logging.NOTSET)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="genv enforce: %(levelname)s: %(message)s",
+    )
     config = RuleConfig(
         non_env_processes=args.non_env_processes,
         env_devices=args.env_devices,
         env_memory=args.env_memory,
         max_devices_per_user=args.max_devices_per_user,
-        max_devices_for_user=dict(args.max_devices_for_user),
+        max_devices_for_user={_uid(user): n for user, n in args.max_devices_for_user},
         max_memory_per_user=args.max_memory_per_user,
-        max_memory_for_user=dict(args.max_memory_for_user),
-        exempt_users=frozenset(args.exempt_user),
-        exempt_processes=frozenset(args.exempt_process),
+        max_memory_for_user={_uid(user): amount for user, amount in args.max_memory_for_user},
+        exempt_uids=frozenset(_uid(user) for user in args.exempt_user),
+        exempt_programs=frozenset(_program(name) for name in args.exempt_process),
     )
     if os.geteuid() != 0:
-        log.warning("not running as root: other users' GPU processes can be neither identified "
-                    "nor terminated (permission); run it with sudo")
+        log.warning(
+            "not running as root: other users' GPU processes can be neither identified "
+            "nor terminated (permission); run it with sudo"
+        )
     if args.interval == 0:
         watcher = None  # one cycle: nothing to follow from one cycle to the next
         store = Store()
     else:
         raise_open_file_limit()  # the watcher holds one descriptor per process
         watcher = ProcessWatcher()
-        store = Store(is_running=watcher.is_running,
-                      running_kernels=KernelTracker(watcher.is_running))
+        store = Store(alive=watcher.runs_as, kernels_alive=KernelTracker(watcher.is_running))
     enforcer = Enforcer(
         Observer(open_backend(), store, watcher),
         config,

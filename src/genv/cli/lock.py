@@ -8,6 +8,7 @@ command, releases, and exits with the command's exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -16,29 +17,34 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND",
-                        help="The command to run while holding the device locks")
+    parser.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="The command to run while holding the device locks",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import subprocess
 
-    from genv.shell import session
-    from genv.store import Store, device_locks
+    from genv.core import lock, session
+    from genv.errors import UsageError
+    from genv.store import NotFound, Store
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise session.ShellError("give a command to run, e.g.: genv lock python train.py")
+        raise UsageError("give a command to run, e.g.: genv lock python train.py")
     eid = session.require_eid()
-    store = Store()
-    state = store.read()
-    env = state.environment(eid, prefer_uid=store.caller_uid)
-    if env is None:
-        raise session.ShellError(f"environment {eid} no longer exists; run: genv deactivate")
-    indices = device_locks.over_subscribed(state, env)
-    with device_locks.hold(store, indices, on_wait=_waiting):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock.hold(Store(), eid, on_wait=_waiting, on_skip=_skipped))
+        except NotFound:
+            raise session.SessionError(
+                f"environment {eid} no longer exists; run: genv deactivate"
+            ) from None
         try:
             process = subprocess.Popen(argv)
         except FileNotFoundError:
@@ -50,9 +56,20 @@ def run(args: argparse.Namespace) -> int:
         return _wait(process)
 
 
+def _skipped(index: int, holders: list[int]) -> None:
+    who = f"process {', '.join(map(str, holders))}" if holders else "a file that is not a lock"
+    print(
+        f"genv: warning: device {index}'s lock is held by {who}, not of an environment on "
+        "that device; going ahead without it",
+        file=sys.stderr,
+    )
+
+
 def _waiting(index: int) -> None:
-    print(f"genv: waiting for device {index}, which another environment has locked...",
-          file=sys.stderr)
+    print(
+        f"genv: waiting for device {index}, which another environment has locked...",
+        file=sys.stderr,
+    )
 
 
 def _wait(process: subprocess.Popen) -> int:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # command -> (module, one-line help). Each module has add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,8 +35,15 @@ def _module(command: str):
     return importlib.import_module(COMMANDS[command][0])
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming the command and what is wrong (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="genv",
         description="GPU environments on a shared machine, and their enforcement",
     )
@@ -55,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _log_warnings()
     try:
         return int(_module(args.command).run(args) or 0)
     except KeyboardInterrupt:
@@ -62,22 +71,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as error:  # user-caused errors become one line; see user_error()
-        line = user_error(error)
-        if line is None:
+        found = user_error(error)
+        if found is None:
             raise
+        line, code = found
         print(f"genv: {line}", file=sys.stderr)
-        return 1
+        return code
 
 
-def user_error(error: Exception) -> str | None:
-    """The one line to show for an error a user can cause, or None for a bug."""
-    from genv.backends.base import BackendError
-    from genv.domain.allocation import AllocationError
-    from genv.domain.memory import MemoryFormatError
-    from genv.store.errors import StoreError
+def _log_warnings() -> None:
+    """Warnings of the library layers (logging module) reach the user as ``genv: warning:``
+    lines; the daemon sets up its own format instead."""
+    import logging
 
-    if isinstance(error, (BackendError, StoreError, AllocationError, MemoryFormatError)):
-        return str(error)
+    logger = logging.getLogger("genv")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("genv: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
+def user_error(error: Exception) -> tuple[str, int] | None:
+    """The one line and exit code for an error a user can cause, or None for a bug."""
+    from genv.errors import GenvError
+
+    if isinstance(error, GenvError):
+        return str(error).replace("\n", " ").strip() or type(error).__name__, error.exit_code
     if isinstance(error, PermissionError):
-        return f"permission denied: {error.filename or error}; run it with sudo"
+        return f"permission denied: {error.filename or error}; run it with sudo", 1
+    if isinstance(error, OSError) and error.errno == 28:  # ENOSPC anywhere else
+        return f"no space left on the device ({error.filename or 'writing'})", 1
     return None

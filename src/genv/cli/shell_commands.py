@@ -44,49 +44,92 @@ def run(args: argparse.Namespace) -> int:
 # -- arguments ------------------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    from genv.cli.common import checked
+    from genv.domain import validate
+
+    return checked(validate.count)(text)
+
+
+def _index(text: str) -> int:
+    from genv.cli.common import checked
+    from genv.domain import validate
+
+    return checked(validate.device_index)(text)
+
+
 def _add_activate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eid", "--id", dest="eid", metavar="EID",
-                        help="Join (or create) this environment; default: a new one")
+    parser.add_argument(
+        "--eid",
+        "--id",
+        dest="eid",
+        metavar="EID",
+        help="Join (or create) this environment; default: a new one",
+    )
     parser.add_argument("--name", help="Environment name")
-    parser.add_argument("--gpus", type=int, metavar="N", help="Number of devices to attach")
-    parser.add_argument("--gpu-memory", metavar="AMOUNT",
-                        help="Device memory capacity of the environment (e.g. 4g)")
+    parser.add_argument("--gpus", metavar="N", help="Number of devices to attach")
+    parser.add_argument(
+        "--gpu-memory", metavar="AMOUNT", help="Device memory capacity of the environment (e.g. 4g)"
+    )
     parser.add_argument("--no-prompt", action="store_true", help="Leave the prompt as it is")
     parser.add_argument("--no-attach", action="store_true", help="Do not attach devices")
-    parser.add_argument("-o", "--over-subscribe", action="store_true",
-                        help="Share devices other environments hold if needed")
-    parser.add_argument("--no-load", action="store_true",
-                        help="Do not load the project's saved configuration (.genv/)")
+    parser.add_argument(
+        "-o",
+        "--over-subscribe",
+        action="store_true",
+        help="Share devices other environments hold if needed",
+    )
+    parser.add_argument(
+        "--no-load",
+        action="store_true",
+        help="Do not load the project's saved configuration (.genv/)",
+    )
 
 
 def _add_attach(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--config", action="store_true",
-                      help="Attach as many devices as configured (the default)")
-    mode.add_argument("--count", type=int, metavar="N", help="Total number of devices wanted")
-    mode.add_argument("--index", type=int, metavar="I", help="Attach the device with this index")
-    mode.add_argument("--refresh", action="store_true",
-                      help="Only bring this shell's variables up to date")
-    parser.add_argument("-o", "--over-subscribe", action="store_true",
-                        help="Share devices other environments hold if needed")
+    mode.add_argument(
+        "--config", action="store_true", help="Attach as many devices as configured (the default)"
+    )
+    mode.add_argument("--count", type=_count, metavar="N", help="Total number of devices wanted")
+    mode.add_argument("--index", type=_index, metavar="I", help="Attach the device with this index")
+    mode.add_argument(
+        "--refresh", action="store_true", help="Only bring this shell's variables up to date"
+    )
+    parser.add_argument(
+        "-o",
+        "--over-subscribe",
+        action="store_true",
+        help="Share devices other environments hold if needed",
+    )
 
 
 def _add_detach(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", type=int, metavar="I",
-                        help="Detach this device only (default: all)")
+    parser.add_argument(
+        "--index", type=_index, metavar="I", help="Detach this device only (default: all)"
+    )
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("field", nargs="?", choices=("name", "gpus", "gpu-memory"),
-                        help="The field to show, set or clear (default: all)")
+    parser.add_argument(
+        "field",
+        nargs="?",
+        choices=("name", "gpus", "gpu-memory"),
+        help="The field to show, set or clear (default: all)",
+    )
     parser.add_argument("value", nargs="?", help="The new value of the field")
     parser.add_argument("--clear", action="store_true", help="Clear the field (or all)")
-    parser.add_argument("-q", "--quiet", "--refresh", dest="quiet", action="store_true",
-                        help="Print nothing")
-    parser.add_argument("--save", action="store_true",
-                        help="Save the configuration in the project folder (.genv/)")
-    parser.add_argument("--load", action="store_true",
-                        help="Load the configuration saved in the project folder (.genv/)")
+    parser.add_argument(
+        "-q", "--quiet", "--refresh", dest="quiet", action="store_true", help="Print nothing"
+    )
+    parser.add_argument(
+        "--save", action="store_true", help="Save the configuration in the project folder (.genv/)"
+    )
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="Load the configuration saved in the project folder (.genv/)",
+    )
 
 
 def _add_nothing(parser: argparse.ArgumentParser) -> None:
@@ -94,12 +137,16 @@ def _add_nothing(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_shell(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--init", action="store_true",
-                        help="Print the shell code that defines the genv function (bash, zsh)")
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="Print the shell code that defines the genv function (bash, zsh)",
+    )
     parser.add_argument("--shell", choices=("bash", "zsh"), help=argparse.SUPPRESS)
     # The nvidia-smi shim runs `genv shell --nvidia-smi ARGS...` inside an environment.
-    parser.add_argument("--nvidia-smi", dest="nvidia_smi", nargs=argparse.REMAINDER,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--nvidia-smi", dest="nvidia_smi", nargs=argparse.REMAINDER, help=argparse.SUPPRESS
+    )
 
 
 # -- shell code -----------------------------------------------------------------------------
@@ -165,11 +212,11 @@ def _prompt() -> str | None:
 
 def _update_variables(script: Script, eid: str) -> None:
     """Export the environment's variables as the store has them now (devices, config)."""
-    from genv.shell import session
+    from genv.core import session
     from genv.store import Store
 
-    env, indices = session.environment(Store(), eid)
-    for name, value in session.variables(eid, indices, env.config).items():
+    view = _current_view(Store(), eid)
+    for name, value in session.variables(eid, view.indices, view.env.config).items():
         if name != session.ENVIRONMENT_ID:
             script.export(name, value)
 
@@ -177,10 +224,23 @@ def _update_variables(script: Script, eid: str) -> None:
 # -- activate / deactivate ------------------------------------------------------------------
 
 
+def _current_view(store, eid: str):  # noqa: ANN001, ANN202 - imported lazily
+    """This shell's environment and its devices; a clear line when it has ended."""
+    from genv.core import environments, session
+    from genv.store import NotFound
+
+    try:
+        return environments.find(store, eid)
+    except NotFound:
+        raise session.SessionError(
+            f"environment {eid} no longer exists (its processes are gone); run: genv deactivate"
+        ) from None
+
+
 def _activate(args: argparse.Namespace) -> int:
     import json
 
-    from genv.shell import session
+    from genv.core import environments, project, session
     from genv.store import Store
 
     shell_pid = _require_shell("activate")
@@ -188,7 +248,7 @@ def _activate(args: argparse.Namespace) -> int:
         return 1
     active = session.current_eid()
     if active is not None:
-        raise session.ShellError(
+        raise session.SessionError(
             f"already running in environment {active}; run `genv deactivate` first"
         )
     changes: dict[str, str | int | None] = {}
@@ -198,15 +258,21 @@ def _activate(args: argparse.Namespace) -> int:
         changes["gpus"] = session.check_value("gpus", str(args.gpus))
     if args.gpu_memory is not None:
         changes["gpu_memory"] = session.check_value("gpu-memory", args.gpu_memory)
-    project = None
+    saved = None
     if not args.no_load:
-        home = session.find_home()
-        project = session.read_project(home) if home is not None else None
+        home = project.find_home()
+        saved = project.read_project(home) if home is not None else None
     eid = args.eid or str(shell_pid)
-    env, indices = session.activate(
-        Store(), eid, shell_pid, changes, project,
-        attach=not args.no_attach, over_subscribe=args.over_subscribe,
+    view = environments.enter(
+        Store(),
+        eid,
+        shell_pid,
+        changes,
+        saved,
+        attach=not args.no_attach,
+        over_subscribe=args.over_subscribe,
     )
+    env, indices = view.env, view.indices
 
     shims = session.shims_dir()
     old_path = os.environ.get("PATH")
@@ -214,8 +280,7 @@ def _activate(args: argparse.Namespace) -> int:
     old_prompt = _prompt()
     new_prompt = None if args.no_prompt else PROMPT_PREFIX + (old_prompt or "")
     saved = {name: os.environ.get(name) for name in (*session.VARIABLES, "PATH")}
-    state = {"saved": saved, "path": new_path, "shims": shims,
-             "prompt": [old_prompt, new_prompt]}
+    state = {"saved": saved, "path": new_path, "shims": shims, "prompt": [old_prompt, new_prompt]}
 
     script = Script(shell=True)
     script.export(SHELL_STATE, json.dumps(state, separators=(",", ":")))
@@ -229,7 +294,7 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _deactivate(args: argparse.Namespace) -> int:
-    from genv.shell import session
+    from genv.core import environments, session
     from genv.store import Store, StoreError
 
     shell_pid = _require_shell("deactivate")
@@ -237,8 +302,7 @@ def _deactivate(args: argparse.Namespace) -> int:
         return 1
     session.require_eid()
     try:
-        with Store().transaction() as tx:
-            tx.deactivate(pid=shell_pid)
+        environments.unregister(Store(), pid=shell_pid)
     except StoreError as error:  # leaving must work even when the state cannot be changed
         print(f"genv: warning: {error}", file=sys.stderr)
     script = Script(shell=True)
@@ -279,14 +343,15 @@ def _restore(script: Script, state: dict, session: ModuleType) -> None:
             script.export("PATH", ":".join(entries))
 
     prompts = state.get("prompt")
-    old_prompt, new_prompt = prompts if isinstance(prompts, list) and len(prompts) == 2 else (
-        None, PROMPT_PREFIX)
+    old_prompt, new_prompt = (
+        prompts if isinstance(prompts, list) and len(prompts) == 2 else (None, PROMPT_PREFIX)
+    )
     current = _prompt()
     if new_prompt is not None and current is not None:
         if current == new_prompt:
             script.assign("PS1", old_prompt)
         elif current.startswith(PROMPT_PREFIX):
-            script.assign("PS1", current[len(PROMPT_PREFIX):])
+            script.assign("PS1", current[len(PROMPT_PREFIX) :])
     script.export(SHELL_STATE, None)
 
 
@@ -294,13 +359,14 @@ def _restore(script: Script, state: dict, session: ModuleType) -> None:
 
 
 def _attach(args: argparse.Namespace) -> int:
-    from genv.shell import session
+    from genv.core import devices, session
     from genv.store import Store
 
     eid = session.require_eid()
     if not args.refresh:
-        session.attach_devices(Store(), eid, count=args.count, index=args.index,
-                               over_subscribe=args.over_subscribe)
+        devices.attach(
+            Store(), eid, count=args.count, index=args.index, over_subscribe=args.over_subscribe
+        )
     script = Script(shell=_shell_pid() is not None)
     if script.shell:
         _update_variables(script, eid)
@@ -309,8 +375,7 @@ def _attach(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    from genv.core import devices
-    from genv.shell import session
+    from genv.core import devices, session
     from genv.store import Store
 
     eid = session.require_eid()
@@ -323,16 +388,17 @@ def _detach(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from genv.shell import session
+    from genv.core import environments, project, session
+    from genv.errors import UsageError
     from genv.store import Store
 
     if args.value is not None and args.clear:
-        raise session.ShellError("give either a value or --clear, not both")
+        raise UsageError("give either a value or --clear, not both")
     eid = session.require_eid()
     store = Store()
-    settings: dict[str, str | int | None] = {}
+    settings: dict[str, object] = {}
     if args.load:
-        settings.update(session.read_project(session.require_home()))
+        settings.update(project.read_project(project.require_home()))
     if args.field is not None and args.clear:
         settings[session.field_key(args.field)] = None
     elif args.field is not None and args.value is not None:
@@ -340,12 +406,12 @@ def _config(args: argparse.Namespace) -> int:
     elif args.field is None and args.clear:
         settings.update({session.field_key(field): None for field in session.CONFIG_FIELDS})
     if settings:
-        with store.transaction() as tx:
-            env = tx.configure(eid, **settings)
+        _current_view(store, eid)
+        env = environments.configure(store, eid, **settings)
     else:
-        env, _ = session.environment(store, eid)
+        env = _current_view(store, eid).env
     if args.save:
-        session.write_project(session.find_home() or _new_home(), env.config)
+        project.write_project(project.find_home() or _new_home(), env.config)
 
     script = Script(shell=_shell_pid() is not None)
     if not args.quiet and not args.clear:
@@ -365,26 +431,30 @@ def _config(args: argparse.Namespace) -> int:
 def _new_home() -> Path:
     from pathlib import Path
 
-    from genv.shell import session
+    from genv.core import project
 
-    return Path.cwd() / session.PROJECT_DIR
+    return Path.cwd() / project.PROJECT_DIR
 
 
 # -- status / home / shell ------------------------------------------------------------------
 
 
 def _status(args: argparse.Namespace) -> int:
-    from genv.shell import session
+    from genv.core import session
     from genv.store import Store
 
     eid = session.current_eid()
     if eid is None:
         print("Environment is not active")
         return 0
-    env, indices = session.environment(Store(), eid)
+    view = _current_view(Store(), eid)
+    env, indices = view.env, view.indices
     config = env.config
-    attached = (f"Attached to GPUs at indices {','.join(str(i) for i in indices)}"
-                if indices else "Detached from GPUs")
+    attached = (
+        f"Attached to GPUs at indices {','.join(str(i) for i in indices)}"
+        if indices
+        else "Detached from GPUs"
+    )
     print(
         f"Environment is active ({eid})\n"
         f"{attached}\n"
@@ -398,15 +468,15 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _home(args: argparse.Namespace) -> int:
-    from genv.shell import session
+    from genv.core import project
 
-    print(session.require_home())
+    print(project.require_home())
     return 0
 
 
 def _shell(args: argparse.Namespace) -> int:
     if args.nvidia_smi is not None:
-        from genv.shell import smi
+        from genv.smi import main as smi
 
         return smi.main(args.nvidia_smi)
     if args.init:
@@ -421,8 +491,9 @@ def _shell(args: argparse.Namespace) -> int:
 
 def init_script() -> str:
     """The init script, calling this very genv so no PATH lookup (or pyenv shim) is paid."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "shell", "init.sh")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shell", "init.sh"
+    )
     with open(path, encoding="utf-8") as file:
         text = file.read()
     return text.replace(_PLACEHOLDER, genv_command())

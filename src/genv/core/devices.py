@@ -1,91 +1,153 @@
-"""Attaching and detaching devices: the store's transaction plus the hardware's device list."""
+"""Attaching and detaching devices, so that no device is ever given twice.
+
+Each user writes only their own file, under their own lock, so there is no lock that all
+users share (and that one user could hold forever). Instead an attach writes its claim, then
+reads every other user's file again: a device that someone else claimed meanwhile is given
+back and another one tried. Of two users who claim one device at the same moment, at least
+the one whose check comes last sees the other's claim, so they never both keep it (both may
+give it back, and then try again after a short random pause).
+"""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 
 from genv.backends.base import GpuBackend
+from genv.core.environments import lookup
 from genv.domain import allocation
-from genv.domain.models import Device, Environment
-from genv.store import NotFound, State, Store, Transaction
+from genv.domain.models import Attachment, Device, Environment
+from genv.domain.state import State
+from genv.store import NotFound, Store
+
+ATTEMPTS = 20
+
+
+def _devices(backend: GpuBackend | None, backend_name: str | None) -> list[Device]:
+    """The devices as the hardware reports them now; read before any lock is taken, since
+    reading hardware can be slow and must not hold anyone up."""
+    if backend is None:
+        from genv.backends import open_backend
+
+        backend = open_backend(backend_name)
+    return list(backend.snapshot(processes=False).devices)
+
+
+def _occupants_of(state: State, env: Environment, devices: Sequence[Device]) -> list[Attachment]:
+    seen: list[Attachment] = []
+    for device in devices:
+        seen += [a for a in state.held_on(device.index) if a.env_key != env.key]
+    return seen
 
 
 def attach(
     store: Store,
-    backend: GpuBackend,
     eid: str,
     count: int | None = None,
     index: int | None = None,
-    allow_over_subscription: bool = False,
+    over_subscribe: bool = False,
+    backend: GpuBackend | None = None,
+    backend_name: str | None = None,
 ) -> list[int]:
-    """Attach by count (total wanted) or by index; returns the indices now attached.
-
-    The device list is read before the lock is taken: reading hardware can be slow and must
-    not hold everyone else up.
-    """
-    devices = backend.snapshot(processes=False).devices
-    uuids = {device.index: device.uuid for device in devices}
-    with store.transaction() as tx:
-        env = tx.environment(eid)
-        tx.check_may_change(env)  # before anything else: another user's env is refused as such
-        view = tx.view()
-        mine = {a.device_index for a in view.attachments_of(env)}
-        if index is not None:
-            allocation.check_index(
-                devices, view.attachments, mine, index, env.config.gpu_memory,
-                allow_over_subscription,
-            )
-            _attach_marking_shared(tx, env, devices, view, [index], uuids)
-        else:
-            wanted = env.config.gpus if count is None else count
-            if wanted is None:
-                wanted = len(mine)
-            chosen = allocation.choose_by_count(
-                devices, view.attachments, mine, wanted, env.config.gpu_memory,
-                allow_over_subscription,
-            )
-            for extra in sorted(mine - set(chosen)):
-                tx.detach(eid, extra, uid=env.uid)
-            new = [i for i in chosen if i not in mine]
-            _attach_marking_shared(tx, env, devices, view, new, uuids)
-        return sorted(a.device_index for a in tx.view().attachments_of(env))
-
-
-def _attach_marking_shared(
-    tx: Transaction,
-    env: Environment,
-    devices: Sequence[Device],
-    view: State,
-    indices: list[int],
-    uuids: dict[int, str],
-) -> None:
-    """Attach ``indices``; an attachment is marked over-subscribed only when it really is."""
+    """Attach by count (the total wanted) or by index; the indices attached afterwards."""
+    devices = _devices(backend, backend_name)
     by_index = {device.index: device for device in devices}
-    for index in indices:
-        device = by_index.get(index)
-        others = [a for a in view.attachments_on(index) if (a.eid, a.uid) != (env.eid, env.uid)]
-        shared = device is not None and not allocation.is_available(
-            device, others, env.config.gpu_memory
-        )
-        tx.attach(env.eid, [index], shared, uuids)
+    env = lookup(store.read(), eid, store.caller_uid)
+    for attempt in range(ATTEMPTS):
+        with store.transaction(uid=env.uid) as tx:
+            env = tx.environment(env.eid)
+            others = _occupants_of(tx.view(), env, devices)
+            mine = set(tx.attached(env.eid))
+            if index is not None:
+                allocation.check_index(
+                    devices, others, mine, index, env.config.gpu_memory, over_subscribe
+                )
+                chosen = sorted(mine | {index})
+            else:
+                wanted = env.config.gpus if count is None else count
+                chosen = allocation.choose_by_count(
+                    devices,
+                    others,
+                    mine,
+                    len(mine) if wanted is None else wanted,
+                    env.config.gpu_memory,
+                    over_subscribe,
+                )
+                for extra in sorted(mine - set(chosen)):
+                    tx.detach(env.eid, extra)
+            new = [i for i in chosen if i not in mine]
+            exclusive = []
+            for i in new:
+                occupants = [a for a in others if a.device_index == i]
+                shared = not allocation.is_available(by_index[i], occupants, env.config.gpu_memory)
+                tx.attach(env.eid, i, over_subscribed=shared, uuid=by_index[i].uuid)
+                if not shared:
+                    exclusive.append(i)
+            tx.save()
+            if not exclusive:
+                return tx.attached(env.eid)
+            # Check again, now that the claim is visible to everyone.
+            fresh = store.read()
+            lost = [
+                i
+                for i in exclusive
+                if not allocation.is_available(
+                    by_index[i],
+                    [a for a in fresh.held_on(i) if a.env_key != env.key],
+                    env.config.gpu_memory,
+                )
+            ]
+            if not lost:
+                return tx.attached(env.eid)
+            for i in lost:
+                tx.detach(env.eid, i)
+            tx.save()
+            if index is not None:
+                raise allocation.AllocationError(f"Device {index} is not available")
+        time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+    raise allocation.AllocationError(
+        "other environments kept taking the same devices at the same moment; try again"
+    )
 
 
 def detach(store: Store, eid: str, index: int | None = None) -> list[int]:
-    """Detach from one device or all; returns the indices still attached.
+    """Detach from one device or all; the indices still attached.
 
     Detaching an environment that has ended (or never was) leaves nothing attached, as in
-    genv 1.4.3: integrations call it while cleaning up and must not see an error.
+    genv 1.4.3: integrations call it while cleaning up and must not see an error. Root takes
+    another user's devices back by revoking them in its own file.
     """
-    with store.transaction() as tx:
-        try:
-            env = tx.environment(eid)
-        except NotFound:
-            return []
-        tx.detach(eid, index, uid=env.uid)
-        return sorted(a.device_index for a in tx.view().attachments_of(env))
+    state = store.read()
+    try:
+        env = lookup(state, eid, store.caller_uid)
+    except NotFound:
+        return []
+    if env.uid != store.caller_uid and store.caller_uid == 0:
+        taken = [a for a in state.attachments_of(env) if index is None or a.device_index == index]
+        if taken:
+            with store.transaction() as tx:
+                tx.revoke(attachments=taken)
+        return sorted(a.device_index for a in state.attachments_of(env) if a not in taken)
+    with store.transaction(uid=env.uid) as tx:
+        tx.detach(env.eid, index)
+        return tx.attached(env.eid)
 
 
 def attached(store: Store, eid: str) -> list[int]:
     state = store.read()
-    env = state.environment(eid, prefer_uid=store.caller_uid)
-    return [] if env is None else sorted(a.device_index for a in state.attachments_of(env))
+    env = state.lookup(eid, prefer_uid=store.caller_uid)
+    return [] if env is None else state.attached_indices(env)
+
+
+def reset(store: Store) -> None:
+    """Detach every environment the caller may change (everyone's, as root)."""
+    state = store.read()
+    with store.transaction() as tx:
+        for env in state.environments:
+            if env.uid == store.caller_uid and tx.has(env.eid):
+                tx.detach(env.eid)
+        if store.caller_uid == 0:
+            others = [a for a in state.attachments if a.uid != 0]
+            if others:
+                tx.revoke(attachments=others)

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from genv.domain.memory import parse_memory
 from genv.domain.models import Attachment, Device
+from genv.errors import GenvError
 
 
-class AllocationError(Exception):
+class AllocationError(GenvError):
     """The devices asked for cannot be given; the message is one line for the user."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from genv.errors import UsageError
+
 MULTIPLIERS: dict[str, int] = {
     "b": 1,
     "k": 1000,
@@ -17,7 +19,7 @@ MULTIPLIERS: dict[str, int] = {
 _AMOUNT = re.compile(r"^\s*(\d+)\s*(b|k|m|g|ki|mi|gi)?\s*$", re.IGNORECASE)
 
 
-class MemoryFormatError(ValueError):
+class MemoryFormatError(UsageError, ValueError):
     """An amount of memory that cannot be understood."""
 
 

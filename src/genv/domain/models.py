@@ -62,10 +62,11 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class RegisteredProcess:
-    """A process registered in an environment: pid plus start time, since pids are reused."""
+    """A process registered in an environment: pid plus its start (clock ticks since boot, see
+    genv.system.procfs), since pids are reused. A start of None names no process."""
 
     pid: int
-    start_time: float | None = None
+    start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class Environment:
     def pids(self) -> tuple[int, ...]:
         return tuple(process.pid for process in self.processes)
 
+    @property
+    def key(self) -> tuple[int, str]:
+        """Ids are unique per owner: two users may both have an environment ``1234``."""
+        return (self.uid, self.eid)
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -96,3 +102,38 @@ class Attachment:
     gpu_memory: str | None = None
     over_subscribed: bool = False
     device_uuid: str | None = None
+
+    @property
+    def env_key(self) -> tuple[int, str]:
+        return (self.uid, self.eid)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Root took back an attachment (``device`` set) or a whole environment (``device`` None).
+
+    Root writes revocations into its own file instead of other users' files, so that no user
+    can stall it (their files are theirs to lock). ``time`` is the attachment's time or the
+    environment's creation, so that attaching again later is not revoked.
+    """
+
+    uid: int
+    eid: str
+    device: int | None
+    time: float
+
+
+@dataclass(frozen=True)
+class UserRecords:
+    """The decoded contents of one user's state file.
+
+    ``revocations`` and ``holdings`` come from root's file only: what root revoked, and the
+    devices each user held when root last could read their file (see genv.store).
+    """
+
+    uid: int
+    environments: tuple[Environment, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    revocations: tuple[Revocation, ...] = ()
+    holdings: tuple[Attachment, ...] = ()
+    holdings_published: bool = False

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from genv.backends.base import BackendError
-from genv.domain.models import GpuSnapshot
-from genv.domain.snapshot import Membership, Snapshot
+from genv.domain.models import Attachment, GpuSnapshot
+from genv.domain.observation import Membership, Observation
 from genv.enforce.executor import Detacher, Outcome, Terminator
 from genv.enforce.observe import Observer
 from genv.enforce.plan import Plan, combine
@@ -52,6 +52,7 @@ class Enforcer:
         self.terminator = terminator
         self.detacher = detacher
         self.reporter = reporter
+        self.dry_run = terminator.dry_run
         self.problems = ProblemLog()
         self._stop = threading.Event()
         self._memo: _Memo | None = None
@@ -67,6 +68,11 @@ class Enforcer:
             problems["observe"] = f"cannot take a snapshot this cycle: {error}"
             self.problems.update(problems)
             return None
+        if not self.dry_run:
+            try:
+                self.observer.store.publish_holdings(state)
+            except StoreError as error:
+                problems["holdings"] = f"cannot say which devices users hold: {error}"
         memo = self._memo_for(snapshot, gpus, state)
         if memo.problems is None:
             memo.problems = _problems_of(snapshot, state, gpus.errors)
@@ -74,28 +80,28 @@ class Enforcer:
         self.problems.update(problems)
         if memo.plan is None:
             memo.plan = combine(survey(snapshot, self.config))
-        self.execute(memo.plan)
+        self.execute(memo.plan, snapshot.attachments)
         return memo.plan
 
-    def _memo_for(self, snapshot: Snapshot, gpus: GpuSnapshot, state: State) -> _Memo:
+    def _memo_for(self, snapshot: Observation, gpus: GpuSnapshot, state: State) -> _Memo:
         """Where this cycle's problems and plan are kept. Both are pure functions of what was
         observed and of the configuration, so they are reused while the observer hands back
         the very same objects (nothing changed; see Observer.observe) under the same
         configuration: a cycle on an unchanged machine runs no rule again."""
         key = (snapshot, gpus, state, self.config)
-        if self._memo is None or not all(
-            a is b for a, b in zip(key, self._memo.key, strict=True)
-        ):
+        if self._memo is None or not all(a is b for a, b in zip(key, self._memo.key, strict=True)):
             self._memo = _Memo(key)
         return self._memo
 
-    def execute(self, plan: Plan) -> None:
+    def execute(self, plan: Plan, attachments: tuple[Attachment, ...] = ()) -> None:
         # A process signalled in an earlier cycle is still on its way out (SIGKILL follows on
         # time): say nothing about it again, so that each line tells of one action.
         signalled = self.terminator.in_progress
         for finding in plan.findings:
-            if finding.terminations and not finding.detachments and all(
-                signalled(termination) for termination in finding.terminations
+            if (
+                finding.terminations
+                and not finding.detachments
+                and all(signalled(termination) for termination in finding.terminations)
             ):
                 continue
             self.reporter.finding(finding)
@@ -105,11 +111,13 @@ class Enforcer:
             self.reporter.terminating(termination)
             outcome = self.terminator.terminate(termination)
             self.reporter.outcome(termination, outcome)
-        for detachment in plan.detachments:
-            self.reporter.detaching(detachment)
-        error = self.detacher.detach(list(plan.detachments))
-        if error:
-            log.error("could not detach: %s", error)
+        if plan.detachments:
+            error = self.detacher.detach(list(plan.detachments), list(attachments))
+            if error:
+                log.error("could not detach, will try again next cycle: %s", error)
+            else:  # said only once it is done
+                for detachment in plan.detachments:
+                    self.reporter.detaching(detachment)
 
     def escalate(self) -> None:
         for termination, outcome in self.terminator.escalate_due():
@@ -158,7 +166,9 @@ class Enforcer:
         signal.signal(signal.SIGINT, self.stop)
 
 
-def _problems_of(snapshot: Snapshot, state: State, gpu_errors: tuple[str, ...]) -> dict[str, str]:
+def _problems_of(
+    snapshot: Observation, state: State, gpu_errors: tuple[str, ...]
+) -> dict[str, str]:
     problems = {f"state:{p.path}": p.line() for p in state.problems}
     for error in gpu_errors:
         problems[f"gpu:{error}"] = f"GPU: {error}"
@@ -173,7 +183,7 @@ def _problems_of(snapshot: Snapshot, state: State, gpu_errors: tuple[str, ...]) 
         if process.membership is Membership.UNKNOWN:
             who = process.facts.username or "another user"
             hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
-            problems[f"unknown:{process.pid}:{process.facts.start_time}"] = (
+            problems[f"unknown:{process.pid}:{process.facts.start}"] = (
                 f"process {process.pid} of {who} is left alone: {process.note}{hint}"
             )
     return problems

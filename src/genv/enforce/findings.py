@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from genv.domain.snapshot import ObservedProcess
+from genv.domain.observation import ObservedProcess
 
 
 @dataclass(frozen=True)

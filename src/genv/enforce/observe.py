@@ -1,5 +1,5 @@
-"""Gathering one cycle's snapshot: GPUs from the backend, environments from the store, and the
-facts of every GPU process."""
+"""Gathering one cycle's observation: GPUs from the backend, environments from the store, and
+the facts of every GPU process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import replace
 
 from genv.backends.base import GpuBackend
 from genv.domain.models import Environment, GpuSnapshot
-from genv.domain.snapshot import ObservedProcess, Snapshot, Usage, index_by_eid, resolve
+from genv.domain.observation import Observation, ObservedProcess, Usage, index_by_eid, resolve
 from genv.store import State, Store
 from genv.system import users
-from genv.system.inspect import ProcessInspector
+from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher
 
 
@@ -31,9 +31,9 @@ class Observer:
         self.store = store
         self.watcher = watcher
         self.inspector = ProcessInspector(watcher)
-        self._last: tuple[Snapshot, GpuSnapshot, State] | None = None
+        self._last: tuple[Observation, GpuSnapshot, State] | None = None
 
-    def observe(self) -> tuple[Snapshot, GpuSnapshot, State]:
+    def observe(self) -> tuple[Observation, GpuSnapshot, State]:
         """The snapshot of this cycle, with the GPU reading and the state it was built from.
 
         When the GPUs and the state read the same as last cycle and every GPU process is still
@@ -51,7 +51,7 @@ class Observer:
             if gpus == last[1] and self._all_known(gpus):
                 return last
         reuse = last[0] if last is not None and same_state else None
-        self._last = (build_snapshot(gpus, state, self.inspector, reuse), gpus, state)
+        self._last = (build_observation(gpus, state, self.inspector, reuse), gpus, state)
         return self._last
 
     def _all_known(self, gpus: GpuSnapshot) -> bool:
@@ -61,12 +61,12 @@ class Observer:
         return all([known(process.pid) for process in gpus.processes])
 
 
-def build_snapshot(
+def build_observation(
     gpus: GpuSnapshot,
     state: State,
     inspector: ProcessInspector,
-    reuse: Snapshot | None = None,
-) -> Snapshot:
+    reuse: Observation | None = None,
+) -> Observation:
     """The snapshot of ``gpus`` and ``state``.
 
     ``reuse`` is a snapshot built before from a state equal to ``state``: a process whose
@@ -95,16 +95,16 @@ def build_snapshot(
             continue
         if by_eid is None:
             by_eid = index_by_eid(environments)
-        membership, env, note = resolve(facts, by_eid, state.unreadable_uids)
+        membership, env, note = resolve(facts, by_eid, state.unusable_uids, state.unknown_uids)
         used = tuple(Usage(index, memory) for index, memory in items)
         observed.append(ObservedProcess(facts, used, membership, env, note))
     inspector.retain(set(usage))
-    return Snapshot(
+    return Observation(
         devices=gpus.devices,
         processes=tuple(observed),
         environments=environments,
         attachments=state.attachments,
-        unreadable_uids=state.unreadable_uids,
+        unusable_uids=state.unusable_uids,
     )
 
 

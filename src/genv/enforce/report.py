@@ -19,8 +19,17 @@ DRY_RUN_PREFIX = "[dry-run] "
 
 # Every JSON line has all of these keys (null where one does not apply), so that log
 # pipelines can rely on them.
-RECORD_FIELDS = ("rule", "pid", "uid", "user", "environment", "device", "memory", "reason",
-                 "action")
+RECORD_FIELDS = (
+    "rule",
+    "pid",
+    "uid",
+    "user",
+    "environment",
+    "device",
+    "memory",
+    "reason",
+    "action",
+)
 
 
 def _devices(indices: tuple[int, ...]) -> str:
@@ -28,16 +37,21 @@ def _devices(indices: tuple[int, ...]) -> str:
 
 
 class Reporter:
-    def __init__(self, json_lines: bool = False, dry_run: bool = False,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, json_lines: bool = False, dry_run: bool = False, stream: TextIO | None = None
+    ) -> None:
         self.json_lines = json_lines
         self.dry_run = dry_run
         self.stream = stream or sys.stdout
 
     def _emit(self, line: str, record: dict) -> None:
         if self.json_lines:
-            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      **dict.fromkeys(RECORD_FIELDS), **record, "message": line}
+            record = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **dict.fromkeys(RECORD_FIELDS),
+                **record,
+                "message": line,
+            }
             if self.dry_run:
                 record["dry_run"] = True
             self.stream.write(json.dumps(record) + "\n")
@@ -46,8 +60,15 @@ class Reporter:
         self.stream.flush()
 
     def finding(self, finding: Finding) -> None:
-        self._emit(finding.message, {"rule": finding.rule, "action": "finding",
-                                     "reason": finding.message, **finding.details})
+        self._emit(
+            finding.message,
+            {
+                "rule": finding.rule,
+                "action": "finding",
+                "reason": finding.message,
+                **finding.details,
+            },
+        )
 
     def terminating(self, termination: Termination) -> None:
         process = termination.process
@@ -72,35 +93,53 @@ class Reporter:
             f"Detaching environment {detachment.eid} of user {detachment.username} "
             f"from device {detachment.device_index}"
         )
-        self._emit(line, {
-            "rule": detachment.rule, "action": "detach", "uid": detachment.uid,
-            "user": detachment.username, "environment": detachment.eid,
-            "device": detachment.device_index, "reason": detachment.reason,
-        })
+        self._emit(
+            line,
+            {
+                "rule": detachment.rule,
+                "action": "detach",
+                "uid": detachment.uid,
+                "user": detachment.username,
+                "environment": detachment.eid,
+                "device": detachment.device_index,
+                "reason": detachment.reason,
+            },
+        )
         if detachment.chosen and not self.json_lines:
             self._emit(f"  because {detachment.reason}", {})
 
     def _process_record(self, termination: Termination, action: str) -> dict:
         process = termination.process
         return {
-            "rule": termination.rule, "action": action, "pid": process.pid,
-            "uid": process.facts.uid, "user": process.facts.username,
-            "environment": process.eid, "device": list(termination.devices),
-            "memory": format_memory(process.total_memory), "reason": termination.reason,
+            "rule": termination.rule,
+            "action": action,
+            "pid": process.pid,
+            "uid": process.facts.uid,
+            "user": process.facts.username,
+            "environment": process.eid,
+            "device": list(termination.devices),
+            "memory": format_memory(process.total_memory),
+            "reason": termination.reason,
         }
 
     def outcome(self, termination: Termination, outcome: Outcome) -> None:
         """Say what went wrong, if anything; a process that vanished is not a problem."""
         pid = termination.process.pid
         if outcome is Outcome.DENIED:
-            log.error("permission denied terminating process %d of %s: run genv enforce with "
-                      "sudo", pid, termination.process.facts.username or "another user")
+            log.error(
+                "permission denied terminating process %d of %s: run genv enforce with sudo",
+                pid,
+                termination.process.facts.username or "another user",
+            )
         elif outcome is Outcome.REUSED:
-            log.warning("process %d exited and its pid now belongs to another process; "
-                        "left alone", pid)
+            log.warning(
+                "process %d exited and its pid now belongs to another process; left alone", pid
+            )
         elif outcome is Outcome.REFUSED:
-            log.warning("process %d is never terminated (init, genv itself, or its start time "
-                        "is unknown)", pid)
+            log.warning(
+                "process %d is never terminated (init, genv itself, or its start time is unknown)",
+                pid,
+            )
 
 
 class ProblemLog:

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from genv.domain.memory import MemoryFormatError, format_memory, parse_memory
-from genv.domain.snapshot import Membership, ObservedProcess, Snapshot
+from genv.domain.models import Attachment
+from genv.domain.observation import Membership, Observation, ObservedProcess
 from genv.enforce.findings import Detachment, Finding, Termination
 
 NON_ENV_PROCESSES = "non-env-processes"
@@ -20,20 +21,29 @@ MAX_MEMORY_PER_USER = "max-memory-per-user"
 
 @dataclass(frozen=True)
 class RuleConfig:
-    """Which rules run, with their limits. Memory limits keep the text the admin wrote."""
+    """Which rules run, with their limits.
+
+    Users are named by uid and programs by the resolved path of their executable: the names
+    an admin typed are looked up once, at start-up (genv.cli.enforce), so that a lookup that
+    fails later cannot turn a rule off, and no process can pose as exempt by its own name.
+    Memory limits keep the text the admin wrote, for the messages.
+    """
 
     non_env_processes: bool = False
     env_devices: bool = True
     env_memory: bool = True
     max_devices_per_user: int | None = None
-    max_devices_for_user: Mapping[str, int] = field(default_factory=dict)
+    max_devices_for_user: Mapping[int, int] = field(default_factory=dict)
     max_memory_per_user: str | None = None
-    max_memory_for_user: Mapping[str, str] = field(default_factory=dict)
-    exempt_users: frozenset[str] = frozenset()
-    exempt_processes: frozenset[str] = frozenset()
+    max_memory_for_user: Mapping[int, str] = field(default_factory=dict)
+    exempt_uids: frozenset[int] = frozenset()
+    exempt_programs: frozenset[str] = frozenset()
+
+    def __hash__(self) -> int:  # the mappings are not hashable; identity is enough
+        return id(self)
 
 
-def survey(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def survey(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     """Run every enabled rule; exempt users and programs are invisible to all of them."""
     visible = _without_exempt(snapshot, config)
     findings: list[Finding] = []
@@ -43,21 +53,20 @@ def survey(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
     return findings
 
 
-def _without_exempt(snapshot: Snapshot, config: RuleConfig) -> Snapshot:
-    if not config.exempt_users and not config.exempt_processes:
+def _without_exempt(snapshot: Observation, config: RuleConfig) -> Observation:
+    if not config.exempt_uids and not config.exempt_programs:
         return snapshot
     kept = tuple(
         p
         for p in snapshot.processes
-        if p.facts.name not in config.exempt_processes
-        and p.facts.username not in config.exempt_users
+        if p.facts.exe not in config.exempt_programs and p.facts.uid not in config.exempt_uids
     )
-    return Snapshot(
+    return Observation(
         devices=snapshot.devices,
         processes=kept,
         environments=snapshot.environments,
         attachments=snapshot.attachments,
-        unreadable_uids=snapshot.unreadable_uids,
+        unusable_uids=snapshot.unusable_uids,
     )
 
 
@@ -79,32 +88,30 @@ def _process_details(process: ObservedProcess, devices: tuple[int, ...]) -> dict
         "user": process.facts.username,
         "environment": process.eid,
         "device": list(devices),
-        "memory": format_memory(process.total_memory),
+        "memory": process.total_memory,
     }
 
 
 def _newest_first(processes: list[ObservedProcess]) -> list[ObservedProcess]:
-    return sorted(processes, key=lambda p: (p.facts.start_time or 0.0, p.pid), reverse=True)
+    return sorted(processes, key=lambda p: (p.facts.start or 0, p.pid), reverse=True)
 
 
 # -- non-environment processes -------------------------------------------------------------
 
 
-def non_env_processes(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def non_env_processes(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     findings = []
     for process in snapshot.processes:
         if process.membership not in (Membership.NO_ENV, Membership.IMPOSTOR):
             continue
         message = f"Process {process.pid} is not running in a GPU environment"
-        if process.membership is Membership.IMPOSTOR:
+        if process.note:  # an impostor, or a user whose own state file is unusable
             message += f": {process.note}"
         findings.append(
             Finding(
                 NON_ENV_PROCESSES,
                 message,
-                terminations=(
-                    Termination(process, NON_ENV_PROCESSES, message, process.devices),
-                ),
+                terminations=(Termination(process, NON_ENV_PROCESSES, message, process.devices),),
                 details=_process_details(process, process.devices),
             )
         )
@@ -114,7 +121,7 @@ def non_env_processes(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
 # -- environment devices -------------------------------------------------------------------
 
 
-def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def env_devices(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     findings = []
     attached_of: dict[tuple[int, str], set[int]] = {}  # once per environment, not per process
     for process in snapshot.processes:
@@ -145,7 +152,7 @@ def env_devices(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
 # -- environment memory capacity -----------------------------------------------------------
 
 
-def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def env_memory(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     findings = []
     parsed: dict[str, int | None] = {}  # capacity texts repeat across environments
     for env in snapshot.environments:
@@ -193,8 +200,14 @@ def env_memory(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
                     ENV_MEMORY,
                     message,
                     terminations=tuple(victims),
-                    details={"uid": env.uid, "user": env.username, "environment": env.eid,
-                             "device": [index], "memory": format_memory(used)},
+                    details={
+                        "uid": env.uid,
+                        "user": env.username,
+                        "environment": env.eid,
+                        "device": [index],
+                        "memory": used,
+                        "capacity": capacity,
+                    },
                 )
             )
     return findings
@@ -230,46 +243,49 @@ def _greedy(
 # -- devices per user ----------------------------------------------------------------------
 
 
-def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def _owner_name(uid: int, snapshot: Observation) -> str:
+    """The user's name as the system knows it (environments carry it; see observe)."""
+    for env in snapshot.environments:
+        if env.uid == uid and env.username:
+            return env.username
+    for process in snapshot.processes:
+        if process.facts.uid == uid and process.facts.username:
+            return process.facts.username
+    return f"uid {uid}"
+
+
+def max_devices_per_user(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     findings = []
-    by_uid: dict[int, list] = defaultdict(list)
+    by_uid: dict[int, list[Attachment]] = defaultdict(list)
     for attachment in snapshot.attachments:
         by_uid[attachment.uid].append(attachment)
-    envs = {(env.uid, env.eid): env for env in snapshot.environments}
+    envs = {env.key: env for env in snapshot.environments}
+    running: dict[tuple[int, int], bool] = {}  # (uid, device) -> any process of uid there
+    for process in snapshot.processes:
+        if process.facts.uid is not None:
+            for index in process.devices:
+                running[(process.facts.uid, index)] = True
     for uid, attachments in sorted(by_uid.items()):
-        username = next(
-            (envs[(a.uid, a.eid)].username for a in attachments
-             if (a.uid, a.eid) in envs and envs[(a.uid, a.eid)].username),
-            f"uid {uid}",
-        )
-        if username in config.exempt_users:
+        if uid in config.exempt_uids:
             continue
-        limit = config.max_devices_for_user.get(username, config.max_devices_per_user)
+        limit = config.max_devices_for_user.get(uid, config.max_devices_per_user)
         if limit is None:
             continue
         devices = sorted({a.device_index for a in attachments})
         over = len(devices) - limit
         if over <= 0:
             continue
+        username = _owner_name(uid, snapshot)
         message = (
             f"User {username} is using {len(devices)} devices which is {over} more than "
             "the maximum allowed"
         )
-        busy = {
-            index: any(
-                index in p.devices
-                for a in attachments
-                if a.device_index == index and (a.uid, a.eid) in envs
-                for p in snapshot.members(envs[(a.uid, a.eid)])
-            )
-            for index in devices
-        }
+        busy = {index: running.get((uid, index), False) for index in devices}
         latest = {
-            index: max(a.time for a in attachments if a.device_index == index)
-            for index in devices
+            index: max(a.time for a in attachments if a.device_index == index) for index in devices
         }
-        # Least work lost: devices where none of the user's environments runs anything go
-        # first; then the most recently attached.
+        # Least work lost: devices where no process of the user runs at all go first; then
+        # the most recently attached.
         chosen = sorted(devices, key=lambda index: (busy[index], -latest[index]))[:over]
         detachments = []
         terminations = []
@@ -284,10 +300,11 @@ def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding
                 if a.device_index != index:
                     continue
                 detachments.append(
-                    Detachment(a.eid, a.uid, username, index, MAX_DEVICES_PER_USER, reason,
-                               chosen=choice)
+                    Detachment(
+                        a.eid, a.uid, username, index, MAX_DEVICES_PER_USER, reason, chosen=choice
+                    )
                 )
-                env = envs.get((a.uid, a.eid))
+                env = envs.get(a.env_key)
                 for process in snapshot.members(env) if env else ():
                     if index in process.devices:
                         terminations.append(
@@ -304,8 +321,13 @@ def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding
                 message,
                 terminations=tuple(terminations),
                 detachments=tuple(detachments),
-                details={"uid": uid, "user": username, "device": devices,
-                         "devices": len(devices), "over": over},
+                details={
+                    "uid": uid,
+                    "user": username,
+                    "device": devices,
+                    "devices": len(devices),
+                    "over": over,
+                },
             )
         )
     return findings
@@ -314,21 +336,21 @@ def max_devices_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding
 # -- GPU memory per user -------------------------------------------------------------------
 
 
-def max_memory_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]:
+def max_memory_per_user(snapshot: Observation, config: RuleConfig) -> list[Finding]:
     findings = []
     by_uid: dict[int, list[ObservedProcess]] = defaultdict(list)
     for process in snapshot.processes:
         if _acted_on(process) and process.facts.uid is not None:
             by_uid[process.facts.uid].append(process)
-    for _, processes in sorted(by_uid.items()):
-        username = _username(processes[0])
-        limit_text = config.max_memory_for_user.get(username, config.max_memory_per_user)
+    for uid, processes in sorted(by_uid.items()):
+        limit_text = config.max_memory_for_user.get(uid, config.max_memory_per_user)
         if limit_text is None:
             continue
         limit = parse_memory(limit_text)
         used = sum(p.total_memory for p in processes)
         if used <= limit:
             continue
+        username = _username(processes[0])
         message = (
             f"User {username} is using {format_memory(used)} of GPU memory which is "
             f"{format_memory(used - limit)} over the maximum of {limit_text}"
@@ -347,8 +369,7 @@ def max_memory_per_user(snapshot: Snapshot, config: RuleConfig) -> list[Finding]
                 MAX_MEMORY_PER_USER,
                 message,
                 terminations=tuple(victims),
-                details={"uid": processes[0].facts.uid, "user": username,
-                         "memory": format_memory(used)},
+                details={"uid": uid, "user": username, "memory": used, "limit": limit},
             )
         )
     return findings
@@ -358,8 +379,12 @@ _RULES: tuple[tuple[Callable[[RuleConfig], bool], Callable[..., list[Finding]]],
     (lambda c: c.non_env_processes, non_env_processes),
     (lambda c: c.env_devices, env_devices),
     (lambda c: c.env_memory, env_memory),
-    (lambda c: c.max_devices_per_user is not None or bool(c.max_devices_for_user),
-     max_devices_per_user),
-    (lambda c: c.max_memory_per_user is not None or bool(c.max_memory_for_user),
-     max_memory_per_user),
+    (
+        lambda c: c.max_devices_per_user is not None or bool(c.max_devices_for_user),
+        max_devices_per_user,
+    ),
+    (
+        lambda c: c.max_memory_per_user is not None or bool(c.max_memory_for_user),
+        max_memory_per_user,
+    ),
 )

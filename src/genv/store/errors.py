@@ -1,12 +1,14 @@
 """Errors a user can cause through the store; each message is one line that says what to do."""
 
+from genv.errors import GenvError
 
-class StoreError(Exception):
+
+class StoreError(GenvError):
     """Base of the store's user-facing errors."""
 
 
 class StateError(StoreError):
-    """The state folder or a state file cannot be used (corrupt, unreadable, unsafe)."""
+    """The state folder or a state file cannot be used (corrupt, unreadable, unsafe, full)."""
 
 
 class PermissionRefused(StoreError):

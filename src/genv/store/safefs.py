@@ -1,44 +1,60 @@
 """File operations that stay safe when other users share the state folder.
 
 Root runs genv in a folder every user can write to. So nothing here follows a symbolic link,
-every file is opened relative to a folder descriptor, and files are replaced by renaming a
-fresh temporary file (created with O_EXCL) over them: a reader never sees half a file and a
-planted link or file can never redirect a write.
+every file is opened relative to a folder descriptor, nothing blocks on a fifo, and files are
+replaced by renaming a fresh temporary file (created with O_EXCL) over them: a reader never
+sees half a file and a planted link or file can never redirect a write.
+
+The folder itself must belong to root: whoever owns it may remove everyone's files. Root
+creates it (or takes over one a user made); a user never creates the default folder (they
+are told what the admin should run), and a folder that another user owns gets a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import shutil
 import stat
 from pathlib import Path
 
 from genv.store.errors import StateError
 
+log = logging.getLogger("genv.store")
+
 STATE_DIR_MODE = 0o1777  # like /tmp: everyone may create files, only owners may replace them
 FILE_MODE = 0o644
-MAX_STATE_FILE_BYTES = 16 * 1024 * 1024
+DEFAULT_STATE_DIR = "/var/tmp/genv"
+TMPFILES_LINE = f"d {DEFAULT_STATE_DIR} 1777 root root -"
 
 
 def ensure_state_dir(path: Path) -> int:
-    """Open (creating it when missing) the shared state folder; returns a folder descriptor."""
-    try:
-        os.mkdir(path, STATE_DIR_MODE)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(path.parent, exist_ok=True)
-        return ensure_state_dir(path)
-    except PermissionError as error:
+    """Open (creating it when allowed) the shared state folder; returns a folder descriptor."""
+    if not path.is_absolute():
         raise StateError(
-            f"cannot create the state folder {path}: {error.strerror}; "
-            "set GENV_TMPDIR to a folder you can write, or ask an admin to create it"
-        ) from None
-    else:
-        _chmod_created(path)
+            f"the state folder {path} is a relative path (GENV_TMPDIR); give an absolute one"
+        )
+    euid = os.geteuid()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_dir(path)
+    except FileNotFoundError:
+        _create(path, euid)
+        fd = _open_dir(path)
+    try:
+        _check_state_dir(fd, path, euid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENOTDIR):
             raise StateError(
@@ -46,89 +62,138 @@ def ensure_state_dir(path: Path) -> int:
                 "ask an admin to remove it"
             ) from None
         raise StateError(f"cannot open the state folder {path}: {error.strerror}") from None
-    _check_state_dir(fd, path)
-    return fd
 
 
-def _chmod_created(path: Path) -> None:
-    """Give a folder we just created the shared mode, whatever the umask was."""
-    with contextlib.suppress(OSError):
+def _create(path: Path, euid: int) -> None:
+    if euid != 0 and _shared_parent(path):
+        # Whoever creates a shared folder owns it, and could remove other users' files.
+        raise StateError(
+            f"the state folder {path} does not exist yet; an admin should create it: "
+            f"sudo install -d -m 1777 -o root -g root {path} (or any sudo genv command; "
+            "see docs/security.md), or set GENV_TMPDIR to a folder of your own"
+        )
+    try:
+        if not path.parent.exists():
+            os.makedirs(path.parent, mode=0o755, exist_ok=True)
+        os.mkdir(path, STATE_DIR_MODE)
+    except FileExistsError:
+        return
+    except OSError as error:
+        raise StateError(
+            f"cannot create the state folder {path}: {error.strerror}; "
+            "set GENV_TMPDIR to a folder you can write, or ask an admin to create it"
+        ) from None
+    with contextlib.suppress(OSError):  # the umask took bits away
         os.chmod(path, STATE_DIR_MODE, follow_symlinks=False)
 
 
-def _check_state_dir(fd: int, path: Path) -> None:
-    """Refuse a folder others could use to swap files under root; repair it when we are root."""
+def _shared_parent(path: Path) -> bool:
+    """Whether ``path`` would be made in a folder others can write to (like /var/tmp), where a
+    folder of genv's is meant for everyone: only root may create it there."""
+    try:
+        info = os.stat(path.parent)
+    except OSError:
+        return str(path) == DEFAULT_STATE_DIR
+    return str(path) == DEFAULT_STATE_DIR or bool(info.st_mode & (stat.S_IWOTH | stat.S_IWGRP))
+
+
+def _check_state_dir(fd: int, path: Path, euid: int) -> None:
+    """Refuse a folder others could use to swap files under root; repair it when we may."""
     info = os.fstat(fd)
-    euid = os.geteuid()
     if euid == 0 and info.st_uid != 0:
         # The first user to arrive created it; root takes it over so that no user can
-        # delete other users' files in it.
+        # remove other users' files in it.
         os.fchown(fd, 0, 0)
         os.fchmod(fd, STATE_DIR_MODE)
+        log.warning(
+            "took over the state folder %s from uid %d (now root's, mode 1777)", path, info.st_uid
+        )
         return
-    world_writable = info.st_mode & stat.S_IWOTH
-    if world_writable and not info.st_mode & stat.S_ISVTX:
+    others_write = info.st_mode & (stat.S_IWOTH | stat.S_IWGRP)
+    if others_write and not info.st_mode & stat.S_ISVTX:
         if info.st_uid == euid:
             os.fchmod(fd, STATE_DIR_MODE)
             return
         raise StateError(
-            f"the state folder {path} is writable by everyone but lacks the sticky bit; "
-            f"ask an admin to run: chmod 1777 {path}"
+            f"the state folder {path} is writable by others but lacks the sticky bit; "
+            f"ask an admin to run: sudo chmod 1777 {path}"
+        )
+    if info.st_uid not in (0, euid) and others_write:
+        log.warning(
+            "the state folder %s belongs to uid %d, who can remove other users' files in "
+            "it; an admin should run: sudo chown root:root %s",
+            path,
+            info.st_uid,
+            path,
         )
 
 
-def read_file(dir_fd: int, name: str) -> tuple[bytes, os.stat_result] | None:
+def same_folder(fd: int, path: Path) -> bool:
+    """Whether ``fd`` still is the folder at ``path`` (not removed, not replaced)."""
+    try:
+        opened = os.fstat(fd)
+        current = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return opened.st_nlink > 0 and (opened.st_dev, opened.st_ino) == (
+        current.st_dev,
+        current.st_ino,
+    )
+
+
+def read_file(dir_fd: int, name: str, limit: int) -> tuple[bytes, os.stat_result] | None:
     """Contents and status of a regular file in the folder, or None when there is none.
 
-    Links, folders, devices and fifos are refused rather than followed or blocked on.
+    Links, folders, devices and fifos are refused rather than followed or blocked on; a file
+    over ``limit`` bytes is refused without being read. OSError from the system goes through
+    (the caller decides whose fault it is).
     """
     try:
         fd = os.open(
-            name,
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            dir_fd=dir_fd,
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
         )
     except FileNotFoundError:
         return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise StateError(f"{name} is a symbolic link; remove it") from None
-        if error.errno in (errno.EACCES, errno.EPERM):
-            raise StateError(
-                f"cannot read {name}: {error.strerror}; its owner should run chmod 644 on it"
-            ) from None
-        raise StateError(f"cannot read {name}: {error.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StateError(f"{name} is not a regular file; remove it")
-        if info.st_size > MAX_STATE_FILE_BYTES:
-            raise StateError(f"{name} is too large to be a genv state file; remove it")
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        if info.st_size > limit:
+            raise OverflowError(f"larger than {limit} bytes")
         chunks = []
+        size = 0
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
+            size += len(chunk)
+            if size > limit:  # it grew while we read: as bad as if it had been that big
+                raise OverflowError(f"larger than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks), info
     finally:
         os.close(fd)
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int) -> None:
+def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int, shown: str) -> None:
     """Replace ``name`` with ``data`` in one rename; the file ends up owned by ``owner_uid``.
 
-    No fsync: every record describes live processes, which a crash ends as well.
+    No fsync: every record describes live processes, which a crash ends as well. On any
+    failure (a full disk above all) the temporary file is removed, the old file is untouched,
+    and StateError says so in one line.
     """
-    import secrets  # only writers pay for it; readers (the daemon's one-shot run) do not
+    import secrets  # only writers pay for it
 
     temporary = f".{name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(
-        temporary,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        FILE_MODE,
-        dir_fd=dir_fd,
-    )
+    try:
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            FILE_MODE,
+            dir_fd=dir_fd,
+        )
+    except OSError as error:
+        raise StateError(_write_failure(shown, error)) from None
     try:
         try:
             view = memoryview(data)
@@ -141,18 +206,57 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int) -> None:
         finally:
             os.close(fd)
         os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise StateError(_write_failure(shown, error)) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise
 
 
-def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int:
-    """A descriptor to flock on. Opened read-only so a file made by any user serves everyone.
+def _write_failure(shown: str, error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"cannot save {shown}: no space left on the device; nothing was changed "
+            "(free some space and try again)"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot save {shown}: permission denied; nothing was changed (is the state "
+            "folder writable? ask an admin)"
+        )
+    return f"cannot save {shown}: {error.strerror or error}; nothing was changed"
 
-    ``shown`` is how messages name the file (its full path); ``name`` by default.
+
+def remove_planted(dir_fd: int, name: str) -> bool:
+    """Remove a name another user planted (root only): a file, a link or a whole folder.
+
+    Folders are removed without following any link inside them. True when it is gone.
     """
-    shown = shown or name
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
+
+
+def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int | None:
+    """A descriptor to flock on, for locks every environment of a device shares.
+
+    Opened read-only so a file made by any user serves everyone; None when the name is not
+    a regular file we can open (planted): such a lock is skipped, never waited on.
+    """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     for _ in range(3):
         try:
@@ -165,21 +269,12 @@ def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int:
                 continue
             except OSError as error:
                 raise StateError(
-                    f"cannot create the lock file {shown}: {error.strerror}"
+                    f"cannot create the lock file {shown or name}: {error.strerror}"
                 ) from None
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise StateError(
-                    f"the lock file {shown} is a symbolic link; ask an admin to remove it"
-                ) from None
-            raise StateError(
-                f"cannot open the lock file {shown}: {error.strerror}; "
-                "ask an admin to remove it"
-            ) from None
+        except OSError:
+            return None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StateError(
-                f"the lock file {shown} is not a regular file; ask an admin to remove it"
-            )
+            return None
         return fd
-    raise StateError(f"cannot create the lock file {shown}")
+    return None

@@ -1,114 +1,51 @@
-"""Process facts the store and the enforcer need, read through psutil."""
+"""Process facts the store and the enforcer need: liveness as an owner, the environment claim.
+
+Liveness reads two small /proc files (genv.system.procfs); the claim reads the one variable
+out of ``/proc/PID/environ``.
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import time
-from collections.abc import Callable
+from genv.domain.constants import ENVIRONMENT_VARIABLE
+from genv.domain.models import RegisteredProcess
+from genv.system import procfs
 
-import psutil
-
-# Set in every process of an environment: how a process says which environment it is in.
-ENVIRONMENT_VARIABLE = "GENV_ENVIRONMENT_ID"
 _MARKER = b"\0" + ENVIRONMENT_VARIABLE.encode() + b"="
+# A start recorded in wall-clock seconds (format 1 of the state) matches the process whose
+# start, turned into wall-clock time now, is this close: /proc/stat's boot time is whole
+# seconds, so the two ways of computing it differ by up to one.
+LEGACY_TOLERANCE = 1.0
 
-# Two reads of one process's start time agree exactly; a reused pid starts later.
-START_TIME_TOLERANCE = 0.05
 
-_KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z_\-]+)\.json")
+def registered_alive(process: RegisteredProcess, owner: int) -> bool:
+    """Whether the very process registered still runs, as ``owner`` or root."""
+    if not procfs.is_running(process.pid, process.start):
+        return False
+    return procfs.real_uid(process.pid) in (owner, 0)
 
 
-def start_time(pid: int) -> float | None:
-    """When ``pid`` started (seconds since the epoch), or None when there is no such process."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+def legacy_start(pid: int, wall: float) -> int | None:
+    """The start of ``pid`` when it is the process that started at wall-clock time ``wall``."""
+    start = procfs.start_of(pid)
+    if start is None:
         return None
-    except (psutil.AccessDenied, ValueError):
-        return None
+    return start if abs(procfs.ticks_to_epoch(start) - wall) <= LEGACY_TOLERANCE else None
 
 
-def is_running(pid: int, started: float | None) -> bool:
-    """Whether the very process that started at ``started`` still runs (not a reuse of its pid)."""
-    if started is None:
-        return psutil.pid_exists(pid)
-    current = start_time(pid)
-    return current is not None and abs(current - started) <= START_TIME_TOLERANCE
-
-
-def kernel_processes() -> dict[str, tuple[int, float]]:
-    """Running Jupyter kernels: id -> (pid, start time), from their connection file argument."""
-    kernels: dict[str, tuple[int, float]] = {}
-    for process in psutil.process_iter(["cmdline", "create_time"]):
-        for argument in process.info.get("cmdline") or ():
-            match = _KERNEL_FILE.search(argument)
-            if match:
-                kernels[match.group(1)] = (process.pid, process.info.get("create_time") or 0.0)
-    return kernels
-
-
-def running_kernel_ids(wanted: set[str]) -> set[str]:
-    """Which of ``wanted`` run now: one scan of every process, fine for a one-off command."""
-    return wanted & kernel_processes().keys()
-
-
-class KernelTracker:
-    """Which kernels run, for a reader that asks every few seconds (the daemon).
-
-    Scanning every process's command line is the expensive part, so kernels found once are
-    then followed by (pid, start time), and a new scan happens only when an id is asked for
-    that the last scan did not look for, or every ``rescan_after`` seconds while some asked-for
-    id is missing (a kernel being restarted keeps its id).
-    """
-
-    def __init__(
-        self,
-        is_running: Callable[[int, float | None], bool],
-        rescan_after: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._is_running = is_running
-        self._rescan_after = rescan_after
-        self._clock = clock
-        self._known: dict[str, tuple[int, float]] = {}
-        self._looked_for: set[str] = set()
-        self._last_scan = float("-inf")
-
-    def __call__(self, wanted: set[str]) -> set[str]:
-        alive = {
-            kernel for kernel in wanted
-            if kernel in self._known and self._is_running(*self._known[kernel])
-        }
-        missing = wanted - alive
-        stale = self._clock() - self._last_scan >= self._rescan_after
-        if missing and (missing - self._looked_for or stale):
-            self._known = kernel_processes()
-            self._looked_for = set(wanted)
-            self._last_scan = self._clock()
-            alive |= missing & self._known.keys()
-        return alive
-
-
-def process_uid(pid: int) -> int | None:
-    """The real uid of ``pid``, or None when there is no such process."""
-    try:
-        return psutil.Process(pid).uids().real
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return None
-
-
-def current_uid() -> int:
-    return os.getuid()
+# A process whose environment reads empty is in the middle of starting (the kernel shows the
+# new program's environment a moment after its command line) or cleared its environment;
+# for this long after its start it is given the benefit of the doubt.
+YOUNG_SECONDS = 2.0
 
 
 def environment_claim(pid: int) -> tuple[str | None, bool] | None:
     """The environment ``pid`` claims (``GENV_ENVIRONMENT_ID``) and whether its environment
-    could be read at all; None when the process is gone (a zombie counts as gone).
+    could be read at all; None when the process is gone (a zombie counts as gone). An empty
+    environment of a process that has only just started is "could not be read" (it may not
+    be in place yet); an older one cleared it, and claims nothing.
 
-    Read straight from /proc/PID/environ and searched for the one variable: psutil's
-    ``environ()`` parses every variable of every process into a dict, which was the largest
-    part of a one-shot enforcement cycle.
+    Read straight from /proc/PID/environ and searched for the one variable: parsing every
+    variable of every process into a dict was the largest part of a one-shot cycle.
     """
     try:
         with open(f"/proc/{pid}/environ", "rb") as environ:
@@ -117,15 +54,11 @@ def environment_claim(pid: int) -> tuple[str | None, bool] | None:
         return None
     except OSError:  # PermissionError above all: another user's process, without root
         return None, False
-    if data == b"\0":  # nothing at all: a zombie, or a process that cleared its environment
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.NoSuchProcess:
+    if data == b"\0":  # nothing at all: a zombie, a process starting, or one that cleared it
+        stat = procfs.read_stat(pid)
+        if stat is None or stat.dead:
             return None
-        except psutil.Error:
-            pass
-        return None, True
+        return None, procfs.age(stat.start) >= YOUNG_SECONDS
     start = data.find(_MARKER)
     if start < 0:
         return None, True

@@ -15,8 +15,10 @@ import functools
 import os
 from typing import NamedTuple
 
-# Largest pid Linux can hand out (PID_MAX_LIMIT on 64-bit): anything above is not a pid.
-PID_MAX = 4_194_304
+from genv.domain import constants
+
+# The largest pid there can be: anything above is not a pid.
+PID_MAX = constants.PID_MAX
 
 
 class ProcStat(NamedTuple):
@@ -35,8 +37,8 @@ class ProcStat(NamedTuple):
 def boot_id() -> str:
     """This boot's id: starts recorded under another boot id name processes that are gone."""
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
-            return file.read().strip()
+        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
+            return file.read(64).strip().decode("ascii", "replace")
     except OSError:
         return ""
 
@@ -129,6 +131,13 @@ def executable(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return None
+
+
+def age(start: int) -> float:
+    """Seconds since a process with this start began (by the boot clock, which no one sets)."""
+    import time
+
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start / clock_ticks()
 
 
 def ticks_to_epoch(start: int) -> float:

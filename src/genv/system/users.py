@@ -1,22 +1,40 @@
-"""User names and ids, looked up once per process."""
+"""User names and ids from the system's user database (passwd, LDAP, ...).
+
+Only answers are remembered: a lookup that fails (an LDAP or NSS hiccup) is asked again next
+time, so that one failure never becomes a permanent "no such user".
+"""
 
 from __future__ import annotations
 
-import functools
 import pwd
 
+_names: dict[int, str] = {}
 
-@functools.lru_cache(maxsize=4096)
+
 def username(uid: int) -> str | None:
+    name = _names.get(uid)
+    if name is not None:
+        return name
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
+        name = pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
         return None
+    if len(_names) < 65536:
+        _names[uid] = name
+    return name
 
 
-@functools.lru_cache(maxsize=4096)
 def uid_of(name: str) -> int | None:
+    """The uid of user ``name`` (or of a numeric uid given as text), None when unknown."""
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
-        return None
+        pass
+    if name.isdigit() and len(name) <= 10:
+        return int(name)
+    return None
+
+
+def forget() -> None:
+    """Drop what was remembered (tests that create users)."""
+    _names.clear()

@@ -14,7 +14,8 @@ import os
 import resource
 import select
 
-from genv.system.processes import START_TIME_TOLERANCE, start_time
+from genv.domain.models import RegisteredProcess
+from genv.system import procfs
 
 
 def raise_open_file_limit() -> None:
@@ -26,15 +27,16 @@ def raise_open_file_limit() -> None:
 
 
 class ProcessWatcher:
-    """Tracks processes as (pid, start time); ``refresh`` once per cycle, then ask freely."""
+    """Tracks processes as (pid, start); ``refresh`` once per cycle, then ask freely."""
 
     def __init__(self, max_watched: int | None = None) -> None:
-        self._fds: dict[tuple[int, float], int] = {}
-        self._by_fd: dict[int, tuple[int, float]] = {}
+        self._fds: dict[tuple[int, int], int] = {}
+        self._by_fd: dict[int, tuple[int, int]] = {}
+        self._uids: dict[tuple[int, int], int | None] = {}
         self._poll = select.epoll() if hasattr(select, "epoll") else select.poll()
         self._supported = hasattr(os, "pidfd_open")
         self._max = max_watched if max_watched is not None else _fd_budget()
-        self._asked: set[tuple[int, float]] = set()
+        self._asked: set[tuple[int, int]] = set()
 
     def refresh(self) -> None:
         """Start a cycle: forget processes nobody asked about during the last one, and drop
@@ -55,20 +57,29 @@ class ProcessWatcher:
             if len(ready) < _READY_BATCH or not dropped:
                 return
 
-    def is_running(self, pid: int, started: float | None) -> bool:
+    def is_running(self, pid: int, started: int | None) -> bool:
         """Whether the process ``pid`` that started at ``started`` still runs."""
         if started is None:
-            return start_time(pid) is not None
+            return False
         self._asked.add((pid, started))
         if (pid, started) in self._fds:
             return True
-        current = start_time(pid)
-        if current is None or abs(current - started) > START_TIME_TOLERANCE:
+        if procfs.start_of(pid) != started:
             return False
         self._watch(pid, started)
         return True
 
-    def _watch(self, pid: int, started: float) -> None:
+    def runs_as(self, process: RegisteredProcess, owner: int) -> bool:
+        """Whether the registered ``process`` still runs, as ``owner`` or root (its real uid is
+        read once per watched process: it does not change without privilege)."""
+        if not self.is_running(process.pid, process.start):
+            return False
+        key = (process.pid, process.start or 0)
+        if key not in self._uids or key not in self._fds:
+            self._uids[key] = procfs.real_uid(process.pid)
+        return self._uids[key] in (owner, 0)
+
+    def _watch(self, pid: int, started: int) -> None:
         if not self._supported or len(self._fds) >= self._max:
             return
         try:
@@ -76,15 +87,15 @@ class ProcessWatcher:
         except OSError:
             return
         # The pidfd names whoever had the pid when it was opened: check it is still the same.
-        current = start_time(pid)
-        if current is None or abs(current - started) > START_TIME_TOLERANCE:
+        if procfs.start_of(pid) != started:
             os.close(fd)
             return
         self._fds[(pid, started)] = fd
         self._by_fd[fd] = (pid, started)
         self._poll.register(fd, select.POLLIN)  # EPOLLIN has the same value
 
-    def _drop(self, key: tuple[int, float]) -> None:
+    def _drop(self, key: tuple[int, int]) -> None:
+        self._uids.pop(key, None)
         fd = self._fds.pop(key)
         del self._by_fd[fd]
         self._poll.unregister(fd)

@@ -1,9 +1,10 @@
-"""The enforcement snapshot: everything the rules look at, gathered once per cycle.
+"""What one enforcement cycle observed: everything the rules look at, gathered once.
 
-Which environment a GPU process belongs to is decided here, purely: a process makes a claim
-(``GENV_ENVIRONMENT_ID``), and the claim holds only when the process runs as the owner of that
-environment (or as root, e.g. in a container started from it). "Could not tell" is its own
-answer, and nothing acts on a process in that state.
+Which environment a GPU process belongs to is decided here, once, for the enforcer and the
+nvidia-smi shim alike: a process makes a claim (``GENV_ENVIRONMENT_ID``), and the claim holds
+only when the process runs as the owner of that environment (or as root, e.g. in a container
+started from it). "Could not tell" is its own answer, and nothing acts on a process in that
+state; but a user who broke their own state file is not shielded by it.
 """
 
 from __future__ import annotations
@@ -26,15 +27,21 @@ class Membership(Enum):
 
 @dataclass(frozen=True)
 class ProcessFacts:
-    """What the system says about a process, read once per (pid, start time)."""
+    """What the system says about a process, read once per (pid, start).
+
+    ``start`` is in clock ticks since boot (genv.system.procfs); ``uid`` the real uid;
+    ``exe`` the resolved path of its program, the only name of it to match rules against;
+    ``name`` is what it calls itself, for people to read (escaped, never matched).
+    """
 
     pid: int
-    start_time: float | None
+    start: int | None
     uid: int | None
     username: str | None
     name: str
     claimed_eid: str | None
     environ_readable: bool = True
+    exe: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,36 +83,36 @@ class ObservedProcess:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Observation:
     devices: tuple[Device, ...]
     processes: tuple[ObservedProcess, ...]
     environments: tuple[Environment, ...]
     attachments: tuple[Attachment, ...]
-    unreadable_uids: frozenset[int] = field(default_factory=frozenset)
+    unusable_uids: frozenset[int] = field(default_factory=frozenset)
 
     @cached_property
     def _attachments_by_env(self) -> dict[tuple[int, str], list[Attachment]]:
         grouped: dict[tuple[int, str], list[Attachment]] = defaultdict(list)
         for a in self.attachments:
-            grouped[(a.uid, a.eid)].append(a)
+            grouped[a.env_key].append(a)
         return grouped
 
     def attachments_of(self, env: Environment) -> list[Attachment]:
-        return self._attachments_by_env.get((env.uid, env.eid), [])
+        return self._attachments_by_env.get(env.key, [])
 
     @cached_property
     def _members(self) -> dict[tuple[int, str], list[ObservedProcess]]:
         members: dict[tuple[int, str], list[ObservedProcess]] = defaultdict(list)
         for p in self.processes:
             if p.membership is Membership.IN_ENV and p.env is not None:
-                members[(p.env.uid, p.env.eid)].append(p)
+                members[p.env.key].append(p)
         return members
 
     def attached_indices(self, env: Environment) -> set[int]:
         return {a.device_index for a in self.attachments_of(env)}
 
     def members(self, env: Environment) -> list[ObservedProcess]:
-        return self._members.get((env.uid, env.eid), [])
+        return self._members.get(env.key, [])
 
 
 def index_by_eid(environments: Sequence[Environment]) -> dict[str, list[Environment]]:
@@ -119,32 +126,57 @@ def index_by_eid(environments: Sequence[Environment]) -> dict[str, list[Environm
 def resolve(
     facts: ProcessFacts,
     environments: Mapping[str, Sequence[Environment]] | Sequence[Environment],
-    unreadable_uids: frozenset[int],
+    unusable_uids: frozenset[int],
+    unknown_uids: frozenset[int] = frozenset(),
 ) -> tuple[Membership, Environment | None, str]:
     """The environment ``facts`` belongs to, and why not when it belongs to none.
 
-    ``environments`` maps environment ids to the environments of that id (see index_by_eid).
+    ``environments`` maps ids to the environments of that id (see index_by_eid; ids are
+    unique per owner). ``unusable_uids``: users whose state could not be used; among them
+    ``unknown_uids``, those whose state is unknown through no fault of theirs.
     """
-    if not facts.environ_readable:
+    if not facts.environ_readable or facts.uid is None:
         return Membership.UNKNOWN, None, "its environment variables could not be read"
     eid = facts.claimed_eid
     if not eid:
         return Membership.NO_ENV, None, ""
     if not isinstance(environments, Mapping):
         environments = index_by_eid(environments)
-    claimed = list(environments.get(eid, ()))
-    own = [env for env in claimed if env.uid == facts.uid]
-    if own:
-        return Membership.IN_ENV, own[0], ""
-    if facts.uid == 0 and len(claimed) == 1:
-        return Membership.IN_ENV, claimed[0], ""
-    if facts.uid == 0 and claimed:
-        return Membership.UNKNOWN, None, f"it claims environment {eid}, which several users have"
-    if facts.uid in unreadable_uids or (facts.uid == 0 and unreadable_uids):
+    claimed = environments.get(eid, ())
+    for env in claimed:
+        if env.uid == facts.uid:
+            return Membership.IN_ENV, env, ""
+    if facts.uid == 0:
+        if len(claimed) == 1:
+            return Membership.IN_ENV, claimed[0], ""
+        if claimed:
+            return (
+                Membership.UNKNOWN,
+                None,
+                f"it claims environment {eid}, which several users have",
+            )
+        if unusable_uids - {0}:  # it may be in an environment of theirs
+            return (
+                Membership.UNKNOWN,
+                None,
+                f"it claims environment {eid}, and some state file could not be read",
+            )
+        if 0 in unusable_uids:
+            return (Membership.NO_ENV, None,
+                    f"it claims environment {eid}, but its owner's state file is unusable")
+        return Membership.NO_ENV, None, ""
+    if facts.uid in unknown_uids:
         return (
             Membership.UNKNOWN,
             None,
             f"it claims environment {eid}, whose state file could not be read",
+        )
+    if facts.uid in unusable_uids:
+        # Its owner's own file is broken: the owner could have fixed it, so it shields nothing.
+        return (
+            Membership.NO_ENV,
+            None,
+            f"it claims environment {eid}, but its owner's state file is unusable",
         )
     if claimed:
         owner = claimed[0].username or f"uid {claimed[0].uid}"

@@ -1,0 +1,1 @@
+"""The nvidia-smi an environment sees: its attached devices, its own processes, its memory."""
