@@ -172,6 +172,7 @@ class NvmlLibrary:
 
     def __init__(self) -> None:
         self._functions: dict[str, Callable[..., int]] = {}
+        self._chosen: dict[tuple[str, ...], tuple[str, Callable[..., int]]] = {}
         self._lists: dict[str, tuple[str, Callable[..., int], type[ctypes.Structure]]] = {}
         self._capacity: dict[tuple[str, str], int] = {}
 
@@ -190,14 +191,20 @@ class NvmlLibrary:
         return function
 
     def _first(self, *names: str) -> tuple[str, Callable[..., int]]:
-        """The first of ``names`` the library has (newer versions first)."""
-        for name in names[:-1]:
-            try:
-                return name, self._function(name)
-            except NvmlError as error:
-                if error.code != ERROR_FUNCTION_NOT_FOUND:
-                    raise
-        return names[-1], self._function(names[-1])
+        """The first of ``names`` the library has (newer versions first), found once."""
+        chosen = self._chosen.get(names)
+        if chosen is None:
+            for name in names[:-1]:
+                try:
+                    chosen = (name, self._function(name))
+                    break
+                except NvmlError as error:
+                    if error.code != ERROR_FUNCTION_NOT_FOUND:
+                        raise
+            else:
+                chosen = (names[-1], self._function(names[-1]))
+            self._chosen[names] = chosen
+        return chosen
 
     def _call(self, names: tuple[str, ...], *arguments: Any) -> None:
         name, function = self._first(*names)
@@ -225,6 +232,7 @@ class NvmlLibrary:
 
     def forget(self) -> None:
         """Drop what was learnt about the driver (versions, buffer sizes): it may be new."""
+        self._chosen.clear()
         self._lists.clear()
         self._capacity.clear()
 
