@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from genv.backends.machine_file import write_machine as genv_write_machine
 from genvbench.host import ProcessPool, Sleeper, User
 
 DEVICES = 8
@@ -127,15 +128,16 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 def write_machine(
     path: Path, layout: Layout, extra: tuple[GpuProcess, ...] = (), nudge: int = 0
 ) -> None:
-    """The description; ``nudge`` MiB more on the first process (a change, no violation)."""
+    """The description, through genv's one writer (which records each process's start and
+    writes the flat form the stand-ins read); ``nudge`` MiB more on the first process (a
+    change, no violation)."""
     processes = [
         {"pid": p.sleeper.pid, "device": p.device, "used_memory": f"{p.memory_mi}mi"}
         for p in (*layout.processes, *extra)
     ]
     if processes and nudge:
         processes[0]["used_memory"] = f"{layout.processes[0].memory_mi + nudge}mi"
-    document = {"devices": [{"total_memory": DEVICE_MEMORY}] * DEVICES, "processes": processes}
-    write_atomic(path, json.dumps(document))
+    genv_write_machine(path, [{"total_memory": DEVICE_MEMORY}] * DEVICES, processes)
 
 
 # -- the project's state: through its own store, as root for each user ---------------------
