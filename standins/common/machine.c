@@ -27,7 +27,7 @@
 
 #define FLAT_MAGIC "genv-machine-flat 1"
 #define FLAT_SUFFIX ".flat"
-#define MAX_FLAT_BYTES (256LL * 1024 * 1024)
+#define MAX_FLAT_BYTES (64LL * 1024 * 1024)
 #define MAX_DEVICES 4096
 #define MAX_PROCESSES (1ULL << 20)
 #define PID_MAX 4194304ULL /* PID_MAX_LIMIT on 64-bit Linux */

@@ -217,6 +217,7 @@ def test_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
         ('{"devices": [{"total_memory": 18446744073709551615}]}', "too large"),
         ('{"devices": [{"total_memory": "99999999999999999999gi"}]}', "too large"),
         ('{"devices": [{"total_memory": 1e400}]}', "total_memory"),
+        ('{"devices": [{"total_memory": ' + "1" * 5000 + "}]}", "integer string conversion"),
         ('{"devices": [{"total_memory": NaN}]}', "total_memory"),
         ('{"devices": [], "processes": [{"pid": 1e3, "device": 0}]}', "processes[0].pid"),
         (

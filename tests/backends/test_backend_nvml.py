@@ -338,3 +338,12 @@ def test_function_missing_for_the_device_list(driver: FakeDriver, backend: NvmlB
         backend.snapshot()
     assert "nvmlDeviceGetUUID" in str(raised.value)
     assert driver.calls["shutdown"] == 0  # not a driver loss: NVML stays open
+
+
+def test_a_device_count_no_machine_has_is_one_line(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.count_override = 2**32 - 1
+    with pytest.raises(BackendError) as raised:
+        backend.snapshot()
+    assert "4294967295 GPUs reported" in str(raised.value) and "\n" not in str(raised.value)

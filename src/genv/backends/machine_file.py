@@ -43,7 +43,7 @@ FLAT_MAGIC = "genv-machine-flat 1"
 # name is cut (as NVIDIA's tools cut names).
 TEXT_BYTES = 95
 # Far beyond any real machine; they bound the work and memory of every reader.
-MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_DEVICES = 4096
 MAX_PROCESSES = 1 << 20
 # NVML's "not available" for a 64-bit amount: no memory amount may reach it.
@@ -152,6 +152,8 @@ def load_machine(data: bytes) -> MachineSpec:
         ) from None
     except RecursionError:
         raise ValueError("is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # a number of thousands of digits
+        raise ValueError(f"is not valid JSON: {str(error).split(':')[0]}") from None
     return parse_machine(document)
 
 
