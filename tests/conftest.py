@@ -37,6 +37,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from genv.backends.machine_file import write_machine
+
 GENV_VARIABLES = ("GENV_TMPDIR", "GENV_GPU_BACKEND", "GENV_FAKE_MACHINE",
                   "GENV_ENVIRONMENT_ID", "GENV_BYPASS")
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -388,15 +390,8 @@ class FakeMachine:
         self.write()
 
     def write(self) -> None:
-        """Replace the file atomically, with a newer mtime so cached readers notice."""
-        data = json.dumps({"devices": self.devices, "processes": self.processes}, indent=1)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(data)
-        temporary.chmod(0o644)
-        previous = self.path.stat().st_mtime_ns if self.path.exists() else 0
-        os.replace(temporary, self.path)
-        mtime = max(self.path.stat().st_mtime_ns, previous + 1_000_000)
-        os.utime(self.path, ns=(mtime, mtime))
+        """Replace the file through genv's one writer (atomic, newer mtime, starts recorded)."""
+        write_machine(self.path, self.devices, self.processes)
 
 
 @pytest.fixture

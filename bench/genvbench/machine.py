@@ -18,9 +18,12 @@ import math
 import os
 import subprocess
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from genv.backends.machine_file import write_machine as genv_write_machine
+from genv.system import procfs
 from genvbench.host import ProcessPool, Sleeper, User
 
 DEVICES = 8
@@ -124,18 +127,33 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(temporary, path)
 
 
+_STARTS: weakref.WeakKeyDictionary[subprocess.Popen[bytes], int | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _start(sleeper: Sleeper) -> int | None:
+    """The sleeper's start (ticks since boot), read once: the description is rewritten twice
+    a second with thousands of processes, and reading /proc for each would load the host."""
+    if sleeper.process not in _STARTS:
+        _STARTS[sleeper.process] = procfs.start_of(sleeper.pid)
+    return _STARTS[sleeper.process]
+
+
 def write_machine(
     path: Path, layout: Layout, extra: tuple[GpuProcess, ...] = (), nudge: int = 0
 ) -> None:
-    """The description; ``nudge`` MiB more on the first process (a change, no violation)."""
+    """The description, through genv's one writer (which records each process's start and
+    writes the flat form the stand-ins read); ``nudge`` MiB more on the first process (a
+    change, no violation)."""
     processes = [
-        {"pid": p.sleeper.pid, "device": p.device, "used_memory": f"{p.memory_mi}mi"}
+        {"pid": p.sleeper.pid, "device": p.device, "used_memory": f"{p.memory_mi}mi",
+         "start": _start(p.sleeper)}
         for p in (*layout.processes, *extra)
     ]
     if processes and nudge:
         processes[0]["used_memory"] = f"{layout.processes[0].memory_mi + nudge}mi"
-    document = {"devices": [{"total_memory": DEVICE_MEMORY}] * DEVICES, "processes": processes}
-    write_atomic(path, json.dumps(document))
+    genv_write_machine(path, [{"total_memory": DEVICE_MEMORY}] * DEVICES, processes)
 
 
 # -- the project's state: through its own store, as root for each user ---------------------

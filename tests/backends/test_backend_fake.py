@@ -13,6 +13,7 @@ import pytest
 
 from genv.backends.base import BackendError
 from genv.backends.fake import DEFAULT_NAME, FakeBackend, default_uuid
+from genv.backends.machine_file import write_machine
 
 GI = 1024**3
 MI = 1024**2
@@ -95,9 +96,7 @@ def test_live_processes_are_reported_and_a_killed_one_drops_out(
 
     # A zombie (killed, not yet reaped) has given its memory back too.
     b.kill()
-    deadline = time.monotonic() + 5
-    while backend.snapshot().devices[0].used_memory and time.monotonic() < deadline:
-        time.sleep(0.01)
+    os.waitid(os.P_PID, b.pid, os.WEXITED | os.WNOWAIT)  # a zombie now, still unreaped
     assert b.pid not in {p.pid for p in backend.snapshot().processes}
     assert backend.snapshot().devices[0].used_memory == 0
 
@@ -133,14 +132,14 @@ def test_devices_added_and_removed_show_up(tmp_path: Path) -> None:
 def test_unchanged_file_is_not_parsed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import genv.backends.fake as fake
+    import genv.backends.machine_file as machine_file
 
     path = tmp_path / "machine.json"
     write(path, {"devices": [{"total_memory": "8gi"}]})
     backend = FakeBackend(path)
     calls = []
-    real = fake.parse_machine
-    monkeypatch.setattr(fake, "parse_machine", lambda data: calls.append(1) or real(data))
+    real = machine_file.parse_machine
+    monkeypatch.setattr(machine_file, "parse_machine", lambda data: calls.append(1) or real(data))
     backend.snapshot()
     backend.snapshot()
     assert len(calls) == 1
@@ -210,6 +209,26 @@ def test_path_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
             '{"devices": [], "processes": [{"pid": 5, "device": 0}, {"pid": 5, "device": 0}]}',
             "already listed",
         ),
+        ('{"devices": [], "processes": [{"pid": 5, "device": 0, "start": -1}]}', "start"),
+        ('{"devices": [], "processes": [{"pid": 5, "device": 0, "start": "9"}]}', "start"),
+        ('{"devices": [], "boot_id": "a b"}', "boot_id"),
+        ('{"devices": [], "boot_id": 7}', "boot_id"),
+        # odd numbers, huge amounts, deep nesting, bytes that are not text: one line each
+        ('{"devices": [{"total_memory": 18446744073709551615}]}', "too large"),
+        ('{"devices": [{"total_memory": "99999999999999999999gi"}]}', "too large"),
+        ('{"devices": [{"total_memory": 1e400}]}', "total_memory"),
+        ('{"devices": [{"total_memory": ' + "1" * 5000 + "}]}", "integer string conversion"),
+        ('{"devices": [{"total_memory": NaN}]}', "total_memory"),
+        ('{"devices": [], "processes": [{"pid": 1e3, "device": 0}]}', "processes[0].pid"),
+        (
+            '{"devices": [], "processes": [{"pid": 99999999999999999999999, "device": 0}]}',
+            "processes[0].pid",
+        ),
+        ('{"devices": [{"total_memory": 1, "name": "a\\u0000b"}]}', "control"),
+        ('{"devices": [{"total_memory": 1, "name": "\\ud800"}]}', "surrogate"),
+        ('{"devices": [{"total_memory": 1, "uuid": "' + "x" * 96 + '"}]}', "95 bytes"),
+        ('{"devices": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+        ('{"devices": [{"total_memory": 1}' + ', {"total_memory": 1}' * 4096 + "]}", "4096"),
     ],
 )
 def test_bad_machine_file_is_one_line_backend_error(
@@ -226,6 +245,13 @@ def test_bad_machine_file_is_one_line_backend_error(
     assert problem in message
 
 
+def test_bytes_that_are_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "machine.json"
+    path.write_bytes(b'{"devices": [{"total_memory": "\xff"}]}')
+    with pytest.raises(BackendError, match="not UTF-8"):
+        FakeBackend(path).snapshot()
+
+
 def test_a_file_fixed_after_an_error_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "machine.json"
     path.write_text("{")
@@ -234,3 +260,130 @@ def test_a_file_fixed_after_an_error_is_read_again(tmp_path: Path) -> None:
         backend.snapshot()
     write(path, {"devices": [{"total_memory": "1gi"}]})
     assert len(backend.snapshot().devices) == 1
+
+
+# -- an entry counts only for the very process it describes ---------------------------------
+
+
+def boot_ns_to_wall_ns(ticks: int) -> int:
+    """The wall-clock time (ns) at which a process with this start began."""
+    from genv.system import procfs
+
+    offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return offset + ticks * 1_000_000_000 // procfs.clock_ticks()
+
+
+def test_the_writer_records_each_process_start(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    from genv.system import procfs
+
+    a, b, _ = sleepers
+    path = tmp_path / "machine.json"
+    write_machine(
+        path,
+        [{"total_memory": "8gi"}],
+        [
+            {"pid": a.pid, "device": 0, "used_memory": "1gi"},
+            {"pid": b.pid, "device": 0, "used_memory": "1gi"},
+        ],
+    )
+    document = json.loads(path.read_text())
+    assert document["boot_id"] == procfs.boot_id()
+    assert [entry["start"] for entry in document["processes"]] == [
+        procfs.start_of(a.pid),
+        procfs.start_of(b.pid),
+    ]
+    assert sorted(p.pid for p in FakeBackend(path).snapshot().processes) == sorted([a.pid, b.pid])
+
+
+def test_an_entry_whose_start_is_another_process_s_is_not_it(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """The pid runs, but a process of another start: a stranger that reuses the pid."""
+    from genv.system import procfs
+
+    a, b, _ = sleepers
+    start = procfs.start_of(a.pid)
+    assert start is not None
+    path = tmp_path / "machine.json"
+    write_machine(
+        path,
+        [{"total_memory": "8gi"}],
+        [
+            {"pid": a.pid, "device": 0, "used_memory": "1gi", "start": start + 1},
+            {"pid": b.pid, "device": 0, "used_memory": "2gi"},
+        ],
+    )
+    snapshot = FakeBackend(path).snapshot()
+    assert [p.pid for p in snapshot.processes] == [b.pid]
+    assert snapshot.devices[0].used_memory == 2 * GI
+
+
+def test_an_entry_of_another_boot_is_no_process_of_this_one(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    from genv.system import procfs
+
+    a = sleepers[0]
+    path = tmp_path / "machine.json"
+    entry = {"pid": a.pid, "device": 0, "used_memory": "1gi", "start": procfs.start_of(a.pid)}
+    write(
+        path,
+        {"boot_id": "another-boot", "devices": [{"total_memory": "8gi"}], "processes": [entry]},
+    )
+    assert FakeBackend(path).snapshot().processes == ()
+    write(
+        path,
+        {"boot_id": procfs.boot_id(), "devices": [{"total_memory": "8gi"}], "processes": [entry]},
+    )
+    assert [p.pid for p in FakeBackend(path).snapshot().processes] == [a.pid]
+
+
+def test_an_entry_without_start_is_no_process_that_started_after_the_file(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """Written (by hand, say) before the process with that pid started: not that process."""
+    from genv.system import procfs
+
+    a = sleepers[0]
+    start = procfs.start_of(a.pid)
+    assert start is not None
+    path = tmp_path / "machine.json"
+    machine = {
+        "devices": [{"total_memory": "8gi"}],
+        "processes": [{"pid": a.pid, "device": 0, "used_memory": "1gi"}],
+    }
+    path.write_text(json.dumps(machine))
+    # the file was last written two ticks before the process started
+    before = boot_ns_to_wall_ns(start - 2)
+    os.utime(path, ns=(before, before))
+    backend = FakeBackend(path)
+    assert backend.snapshot().processes == ()
+    # written after it started: the entry is that process
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))
+    assert [p.pid for p in backend.snapshot().processes] == [a.pid]
+    # an entry with start None is written without one
+    write_machine(
+        path,
+        [{"total_memory": "8gi"}],
+        [{"pid": a.pid, "device": 0, "used_memory": "1gi", "start": None}],
+    )
+    assert "start" not in json.loads(path.read_text())["processes"][0]
+
+
+def test_an_entry_for_a_pid_no_process_has_is_written_without_start(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = tmp_path / "machine.json"
+    write_machine(path, [{"total_memory": "8gi"}], [{"pid": gone.pid, "device": 0}])
+    assert "start" not in json.loads(path.read_text())["processes"][0]
+    assert FakeBackend(path).snapshot().processes == ()
+
+
+def test_a_long_name_is_cut_as_nvml_cuts_it(tmp_path: Path) -> None:
+    path = tmp_path / "machine.json"
+    write(path, {"devices": [{"total_memory": "1k", "name": "\u00e9" * 60}]})
+    assert FakeBackend(path).snapshot().devices[0].name == "\u00e9" * 47

@@ -4,9 +4,12 @@ a stand-in ``nvidia-smi`` script put first on PATH."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import stat
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -122,16 +125,51 @@ def test_processes_not_asked_for() -> None:
 
 
 def test_unreadable_lines_become_errors() -> None:
-    devices, errors = parse_gpus("0, GPU-a, Tesla T4, 15360, 0\nnonsense\nx, GPU-b, T4, 1, 1\n")
+    devices, errors, notes = parse_gpus(
+        "0, GPU-a, Tesla T4, 15360, 0\nnonsense\nx, GPU-b, T4, 1, 1\n"
+    )
     assert [d.uuid for d in devices] == ["GPU-a"]
-    assert len(errors) == 2
+    assert len(errors) == 2 and notes == []
     apps, errors = parse_apps("GPU-a, 12, 5\nGPU-a, twelve, 5\nGPU-a\n")
     assert apps == [("GPU-a", 12, 5 * MI)]
     assert len(errors) == 2
 
 
+def test_a_line_lost_makes_the_view_partial() -> None:
+    snapshot = build_snapshot("0, GPU-a, Tesla T4, 15360, 0\nnonsense\n", "GPU-a, 12, 5\n")
+    assert snapshot.partial and len(snapshot.errors) == 1
+    snapshot = build_snapshot("0, GPU-a, Tesla T4, 15360, 0\n", "GPU-a, -3, 5\n")
+    assert snapshot.partial and snapshot.processes == ()
+    assert not build_snapshot(*sample("gb10-na-memory")).partial  # a note loses nothing
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GPU-a, 99999999999999999999999999, 5",
+        "GPU-a, 4194305, 5",  # beyond any pid Linux gives
+        "GPU-a, 1e3, 5",
+        "GPU-a, \u0661\u0662, 5",  # digits, but not ASCII ones
+    ],
+)
+def test_odd_pids_are_errors_not_crashes(line: str) -> None:
+    snapshot = build_snapshot("0, GPU-a, Tesla T4, 15360, 0\n", line + "\n")
+    assert snapshot.processes == () and snapshot.partial
+    assert len(snapshot.errors) == 1 and "\n" not in snapshot.errors[0]
+
+
+@pytest.mark.parametrize("field", ["inf", "nan", "1e999", "-5", "18446744073709551615000"])
+def test_odd_amounts_are_not_available(field: str) -> None:
+    assert parse_mib(field) is None
+
+
+def test_odd_indices_are_errors() -> None:
+    devices, errors, _ = parse_gpus("99999999999999999999, GPU-a, T4, 1, 1\n-1, GPU-b, T4, 1, 1\n")
+    assert devices == [] and len(errors) == 2
+
+
 def test_name_with_a_comma_is_kept_whole() -> None:
-    devices, errors = parse_gpus("0, GPU-a, Odd, Name, 100, 1\n")
+    devices, errors, _ = parse_gpus("0, GPU-a, Odd, Name, 100, 1\n")
     assert errors == []
     assert devices[0].name == "Odd, Name"
     assert devices[0].total_memory == 100 * MI
@@ -144,6 +182,7 @@ def test_process_on_unknown_uuid_and_duplicates() -> None:
     )
     assert [(p.pid, p.used_memory) for p in snapshot.processes] == [(10, 300 * MI)]
     assert len(snapshot.errors) == 1 and "GPU-gone" in snapshot.errors[0]
+    assert snapshot.partial  # the device list changed between the two calls
 
 
 def test_first_line() -> None:
@@ -255,13 +294,14 @@ def test_no_devices_is_an_empty_machine(stand_in: StandIn) -> None:
     assert snapshot.devices == () and snapshot.processes == () and snapshot.errors == ()
 
 
-def test_failing_process_query_is_an_error_not_fatal(stand_in: StandIn) -> None:
+def test_failing_process_query_is_partial_not_fatal(stand_in: StandIn) -> None:
     gpus, _ = sample("t4-single-idle")
     stand_in.answer(gpus={"stdout": gpus}, apps={"stderr": "Unknown Error\n", "rc": 15})
     snapshot = NvidiaSmiBackend().snapshot()
     assert len(snapshot.devices) == 1
     assert snapshot.processes == ()
     assert len(snapshot.errors) == 1 and "Unknown Error" in snapshot.errors[0]
+    assert snapshot.partial  # the processes are unknown, not absent
 
 
 def test_missing_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +321,54 @@ def test_not_executable(stand_in: StandIn) -> None:
 
 def test_hanging_nvidia_smi_times_out(tmp_path: Path) -> None:
     script = tmp_path / "nvidia-smi"
-    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.write_text('#!/bin/sh\nsleep 30 &\necho $! > "$0.child"\nwait\n')
     script.chmod(0o755)
-    with pytest.raises(BackendError, match="did not answer"):
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="did not answer within 0.2 seconds"):
         NvidiaSmiBackend(executable=str(script), timeout=0.2).snapshot()
+    assert time.monotonic() - started < 5
+    # its whole process group was killed: the child it started too
+    child = int(Path(f"{script}.child").read_text())
+    try:
+        descriptor = os.pidfd_open(child)
+    except ProcessLookupError:
+        return  # gone and reaped already
+    try:
+        assert select.select([descriptor], [], [], 10)[0], "the child still runs"
+    finally:
+        os.close(descriptor)
+
+
+def test_one_deadline_for_both_queries(stand_in: StandIn, tmp_path: Path) -> None:
+    """The process query gets what the device query left of the deadline: a hang there
+    makes the view partial, within the one limit."""
+    gpus, _ = sample("t4-single-idle")
+    slow = tmp_path / "slow-nvidia-smi"
+    slow.write_text(
+        '#!/bin/sh\ncase "$1" in --query-gpu*) cat '
+        + str(SAMPLES / "t4-single-idle.gpus.csv")
+        + " ;; *) exec sleep 30 ;; esac\n"
+    )
+    slow.chmod(0o755)
+    started = time.monotonic()
+    snapshot = NvidiaSmiBackend(executable=str(slow), timeout=0.5).snapshot()
+    assert time.monotonic() - started < 5
+    assert len(snapshot.devices) == 1 and snapshot.partial
+    assert "did not answer" in snapshot.errors[-1]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 10.0), ("2.5", 2.5), (" 30 ", 30.0)])
+def test_timeout_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: float
+) -> None:
+    monkeypatch.setenv("GENV_NVIDIA_SMI_TIMEOUT", value)
+    assert NvidiaSmiBackend().timeout == expected
+    assert NvidiaSmiBackend(timeout=1).timeout == 1
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "1e9"])
+def test_a_bad_timeout_is_one_line(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("GENV_NVIDIA_SMI_TIMEOUT", value)
+    with pytest.raises(BackendError) as raised:
+        NvidiaSmiBackend()
+    assert "GENV_NVIDIA_SMI_TIMEOUT" in str(raised.value) and "\n" not in str(raised.value)

@@ -1,122 +1,65 @@
-"""The NVML backend against a stubbed ``pynvml``: no GPU, no driver."""
+"""The NVML backend over a fake driver (C-callable functions under pynvml's lookup): no GPU.
+
+Every call goes through ``nvml_binding``, the path that runs on GPU servers.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
-
-import pynvml
 import pytest
+from nvml_fakes import (
+    ALL_LISTS,
+    DRIVER_NOT_LOADED,
+    GI,
+    GPU_IS_LOST,
+    LIB_RM_VERSION_MISMATCH,
+    MI,
+    NO_PERMISSION,
+    NOT_SUPPORTED,
+    UNINITIALIZED,
+    UNKNOWN,
+    Clock,
+    FakeDriver,
+    FakeGpu,
+)
 
 from genv.backends.base import BackendError
-from genv.backends.nvml import NvmlBackend
+from genv.backends.nvml import FIRST_BACKOFF_S, MAX_BACKOFF_S, NvmlBackend
 
-GI = 1024**3
-MI = 1024**2
-
-
-@dataclass
-class FakeGpu:
-    uuid: str
-    name: str = "NVIDIA H100 80GB HBM3"
-    total: int = 80 * GI
-    used: int = 0
-    compute: list[tuple[int, int | None]] = field(default_factory=list)
-    mps: list[tuple[int, int | None]] | BaseException = field(
-        default_factory=lambda: pynvml.NVMLError_NotSupported()
-    )
-    broken: BaseException | None = None
-    memory_error: BaseException | None = None
-
-
-class FakeNvml:
-    """The pynvml calls the backend makes, answered from a list of ``FakeGpu``."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.gpus: list[FakeGpu] = []
-        self.init_error: BaseException | None = None
-        self.count_error: BaseException | None = None
-        self.calls: dict[str, int] = {}
-        self.bytes_strings = False
-        for name in dir(self):
-            if name.startswith("nvml"):
-                monkeypatch.setattr(pynvml, name, getattr(self, name))
-
-    def _count(self, name: str) -> None:
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    def _gpu(self, handle: Any) -> FakeGpu:
-        gpu = self.gpus[handle]
-        if gpu.broken is not None:
-            raise gpu.broken
-        return gpu
-
-    def _str(self, text: str) -> str | bytes:
-        return text.encode() if self.bytes_strings else text
-
-    @staticmethod
-    def _infos(entries: list[tuple[int, int | None]]) -> list[SimpleNamespace]:
-        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in entries]
-
-    def nvmlInit(self) -> None:
-        self._count("init")
-        if self.init_error is not None:
-            raise self.init_error
-
-    def nvmlShutdown(self) -> None:
-        self._count("shutdown")
-
-    def nvmlDeviceGetCount(self) -> int:
-        self._count("count")
-        if self.count_error is not None:
-            raise self.count_error
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        if index >= len(self.gpus):
-            raise pynvml.NVMLError_InvalidArgument()
-        return index
-
-    def nvmlDeviceGetUUID(self, handle: int) -> str | bytes:
-        return self._str(self._gpu(handle).uuid)
-
-    def nvmlDeviceGetName(self, handle: int) -> str | bytes:
-        self._count("name")
-        return self._str(self._gpu(handle).name)
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> SimpleNamespace:
-        gpu = self._gpu(handle)
-        if isinstance(gpu.memory_error, BaseException):
-            raise gpu.memory_error
-        return SimpleNamespace(total=gpu.total, used=gpu.used, free=gpu.total - gpu.used)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
-        return self._infos(self._gpu(handle).compute)
-
-    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
-        mps = self._gpu(handle).mps
-        if isinstance(mps, BaseException):
-            raise mps
-        return self._infos(mps)
-
-    # The versioned names the backend falls back to answer the same way.
-    nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses
-    nvmlDeviceGetMPSComputeRunningProcesses_v2 = nvmlDeviceGetMPSComputeRunningProcesses
+DRIVER_ERRORS = {
+    "Uninitialized": UNINITIALIZED,
+    "DriverNotLoaded": DRIVER_NOT_LOADED,
+    "LibRmVersionMismatch": LIB_RM_VERSION_MISMATCH,
+    "GpuIsLost": GPU_IS_LOST,
+    "Unknown": UNKNOWN,
+}
 
 
 @pytest.fixture
-def nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
-    return FakeNvml(monkeypatch)
+def driver(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
+    return FakeDriver().install(monkeypatch)
 
 
-def test_devices_and_processes(nvml: FakeNvml) -> None:
-    nvml.gpus = [
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def backend(clock: Clock) -> NvmlBackend:
+    return NvmlBackend(clock=clock)
+
+
+def pids(snapshot) -> list[tuple[int, int]]:
+    return [(p.pid, p.device_index) for p in snapshot.processes]
+
+
+def test_devices_and_processes(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [
         FakeGpu("GPU-a", used=8 * GI, compute=[(100, 7 * GI), (101, None)]),
         FakeGpu("GPU-b", name="NVIDIA A100-SXM4-80GB"),
     ]
-    snapshot = NvmlBackend().snapshot()
-    assert snapshot.errors == ()
+    snapshot = backend.snapshot()
+    assert (snapshot.errors, snapshot.partial) == ((), False)
     assert [(d.index, d.uuid, d.name, d.total_memory, d.used_memory) for d in snapshot.devices] == [
         (0, "GPU-a", "NVIDIA H100 80GB HBM3", 80 * GI, 8 * GI),
         (1, "GPU-b", "NVIDIA A100-SXM4-80GB", 80 * GI, 0),
@@ -127,26 +70,21 @@ def test_devices_and_processes(nvml: FakeNvml) -> None:
     ]
 
 
-def test_processes_false_does_not_list_processes(nvml: FakeNvml) -> None:
-    nvml.gpus = [FakeGpu("GPU-a", compute=[(100, GI)])]
-    snapshot = NvmlBackend().snapshot(processes=False)
+def test_processes_false_does_not_list_processes(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)])]
+    snapshot = backend.snapshot(processes=False)
     assert snapshot.processes == ()
     assert len(snapshot.devices) == 1
+    assert driver.list_calls == []
 
 
-def test_garbage_pids_and_not_available_memory(nvml: FakeNvml) -> None:
-    nvml.gpus = [FakeGpu("GPU-a", compute=[(0, 5), (4294967295, 5), (200, 2**64 - 1), (201, MI)])]
-    snapshot = NvmlBackend().snapshot()
-    assert [(p.pid, p.used_memory) for p in snapshot.processes] == [(200, None), (201, MI)]
-
-
-def test_mps_processes_merged_and_deduplicated(nvml: FakeNvml) -> None:
-    nvml.gpus = [
+def test_mps_processes_merged_and_deduplicated(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [
         FakeGpu(
             "GPU-a", compute=[(10, None), (11, 3 * MI)], mps=[(10, 5 * MI), (11, None), (12, MI)]
         )
     ]
-    snapshot = NvmlBackend().snapshot()
+    snapshot = backend.snapshot()
     assert snapshot.errors == ()
     assert sorted((p.pid, p.used_memory) for p in snapshot.processes) == [
         (10, 5 * MI),
@@ -155,138 +93,257 @@ def test_mps_processes_merged_and_deduplicated(nvml: FakeNvml) -> None:
     ]
 
 
-@pytest.mark.parametrize("error", ["NVMLError_NotSupported", "NVMLError_FunctionNotFound"])
-def test_mps_unsupported_is_ignored(nvml: FakeNvml, error: str) -> None:
-    nvml.gpus = [FakeGpu("GPU-a", compute=[(10, MI)], mps=getattr(pynvml, error)())]
-    snapshot = NvmlBackend().snapshot()
-    assert snapshot.errors == ()
-    assert [p.pid for p in snapshot.processes] == [10]
+@pytest.mark.parametrize("how", ["not supported", "missing"])
+def test_no_mps_is_nothing_missing(driver: FakeDriver, backend: NvmlBackend, how: str) -> None:
+    if how == "missing":
+        driver.missing = {name for name in ALL_LISTS if "MPS" in name}
+        driver.gpus = [FakeGpu("GPU-a", compute=[(10, MI)])]
+    else:
+        driver.gpus = [FakeGpu("GPU-a", compute=[(10, MI)], mps=NOT_SUPPORTED)]
+    snapshot = backend.snapshot()
+    assert (snapshot.errors, snapshot.partial) == ((), False)
+    assert pids(snapshot) == [(10, 0)]
 
 
-def test_mps_other_error_is_reported(nvml: FakeNvml) -> None:
-    nvml.gpus = [FakeGpu("GPU-a", compute=[(10, MI)], mps=pynvml.NVMLError_Unknown())]
-    snapshot = NvmlBackend().snapshot()
-    assert [p.pid for p in snapshot.processes] == [10]
+def test_mps_list_failing_makes_the_view_partial(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(10, MI)], mps=NO_PERMISSION)]
+    snapshot = backend.snapshot()
+    assert pids(snapshot) == [(10, 0)]
+    assert snapshot.partial
     assert len(snapshot.errors) == 1 and "MPS" in snapshot.errors[0]
 
 
-def test_compute_query_falls_back_to_v2_on_older_driver(
-    nvml: FakeNvml, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def mismatch(handle: Any) -> None:
-        raise pynvml.NVMLLibraryMismatchError("v3 is not in this driver")
-
-    calls = []
-
-    def v2(handle: int) -> list[SimpleNamespace]:
-        calls.append(handle)
-        return [SimpleNamespace(pid=42, usedGpuMemory=MI)]
-
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", mismatch)
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses_v2", v2)
-    nvml.gpus = [FakeGpu("GPU-a"), FakeGpu("GPU-b")]
-    backend = NvmlBackend()
-    for _ in range(2):
-        snapshot = backend.snapshot()
-        assert snapshot.errors == ()
-        assert [(p.pid, p.device_index) for p in snapshot.processes] == [(42, 0), (42, 1)]
-    assert calls == [0, 1, 0, 1]
+def test_no_compute_list_at_all_is_partial(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.missing = set(ALL_LISTS)
+    driver.gpus = [FakeGpu("GPU-a", compute=[(10, MI)])]
+    snapshot = backend.snapshot()
+    assert [d.uuid for d in snapshot.devices] == ["GPU-a"]
+    assert snapshot.processes == ()
+    assert snapshot.partial
+    assert "compute" in snapshot.errors[0] and "Function Not Found" in snapshot.errors[0]
 
 
-def test_one_device_erroring_others_still_reported(nvml: FakeNvml) -> None:
-    nvml.gpus = [
+def test_one_device_failing_others_still_reported(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [
         FakeGpu("GPU-a", compute=[(1, MI)]),
-        FakeGpu("GPU-b", broken=pynvml.NVMLError_GpuIsLost()),
+        FakeGpu("GPU-b", error=NO_PERMISSION),
         FakeGpu("GPU-c", compute=[(3, MI)]),
     ]
-    snapshot = NvmlBackend().snapshot()
+    snapshot = backend.snapshot()
     assert [d.index for d in snapshot.devices] == [0, 2]
-    assert [p.pid for p in snapshot.processes] == [1, 3]
+    assert pids(snapshot) == [(1, 0), (3, 2)]
+    assert snapshot.partial
     assert len(snapshot.errors) == 1
-    assert snapshot.errors[0].startswith("device 1:") and "GPU is lost" in snapshot.errors[0]
+    assert snapshot.errors[0].startswith("device 1:") and "Permissions" in snapshot.errors[0]
 
 
-def test_memory_not_supported_keeps_the_device(nvml: FakeNvml) -> None:
+def test_memory_not_supported_keeps_the_device_and_loses_nothing(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
     # Unified-memory parts (GB10) do not report framebuffer memory; the device still counts.
-    nvml.gpus = [
-        FakeGpu("GPU-a", name="NVIDIA GB10", memory_error=pynvml.NVMLError_NotSupported()),
-        FakeGpu("GPU-b", memory_error=pynvml.NVMLError_Unknown()),
+    driver.gpus = [
+        FakeGpu("GPU-a", name="NVIDIA GB10", memory_error=NOT_SUPPORTED, compute=[(5, None)])
     ]
-    snapshot = NvmlBackend().snapshot()
+    snapshot = backend.snapshot()
     assert [(d.uuid, d.total_memory, d.used_memory) for d in snapshot.devices] == [
         ("GPU-a", 0, None)
     ]
-    assert len(snapshot.errors) == 2
-    assert snapshot.errors[0].startswith("device 0:") and "memory" in snapshot.errors[0]
-    assert snapshot.errors[1].startswith("device 1:")
+    assert pids(snapshot) == [(5, 0)]
+    assert not snapshot.partial
+    assert len(snapshot.errors) == 1 and "memory not reported" in snapshot.errors[0]
 
 
-def test_device_count_change_between_snapshots(nvml: FakeNvml) -> None:
-    nvml.gpus = [FakeGpu("GPU-a")]
-    backend = NvmlBackend()
+def test_memory_failing_otherwise_loses_the_device(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", memory_error=NO_PERMISSION), FakeGpu("GPU-b")]
+    snapshot = backend.snapshot()
+    assert [d.uuid for d in snapshot.devices] == ["GPU-b"]
+    assert snapshot.partial and snapshot.errors[0].startswith("device 0:")
+
+
+def test_a_pid_no_process_can_have_makes_the_view_partial(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(4194305, MI), (7, MI)])]
+    snapshot = backend.snapshot()
+    assert pids(snapshot) == [(7, 0)]
+    assert snapshot.partial and "4194305" in snapshot.errors[0]
+
+
+def test_device_count_change_between_snapshots(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [FakeGpu("GPU-a")]
     assert [d.uuid for d in backend.snapshot().devices] == ["GPU-a"]
-    nvml.gpus.append(FakeGpu("GPU-b"))
+    driver.gpus.append(FakeGpu("GPU-b"))
     assert [d.uuid for d in backend.snapshot().devices] == ["GPU-a", "GPU-b"]
-    nvml.gpus.pop(0)
+    driver.gpus.pop(0)
     snapshot = backend.snapshot()
     assert [(d.index, d.uuid) for d in snapshot.devices] == [(0, "GPU-b")]
 
 
-def test_init_once_and_name_cached_by_uuid(nvml: FakeNvml) -> None:
-    nvml.gpus = [FakeGpu("GPU-a"), FakeGpu("GPU-b")]
-    backend = NvmlBackend()
+def test_init_once_kept_open_and_name_cached_by_uuid(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(5, MI)]), FakeGpu("GPU-b")]
     for _ in range(3):
         backend.snapshot()
-    assert nvml.calls["init"] == 1
-    assert nvml.calls["count"] == 3
-    assert nvml.calls["name"] == 2
+    assert (driver.calls["init"], driver.calls["count"], driver.calls["name"]) == (1, 3, 2)
+    assert driver.calls["shutdown"] == 0
     backend.close()
-    assert nvml.calls["shutdown"] == 1
+    assert driver.calls["shutdown"] == 1
     backend.close()
-    assert nvml.calls["shutdown"] == 1
-    backend.snapshot()  # usable again after close: re-initialises lazily
-    assert nvml.calls["init"] == 2
+    assert driver.calls["shutdown"] == 1
+    backend.snapshot()  # usable again after close: re-initialises lazily, without waiting
+    assert driver.calls["init"] == 2
 
 
-def test_construction_does_not_touch_nvml(nvml: FakeNvml) -> None:
-    NvmlBackend().close()
-    assert nvml.calls == {}
-
-
-def test_bytes_from_older_bindings(nvml: FakeNvml) -> None:
-    nvml.bytes_strings = True
-    nvml.gpus = [FakeGpu("GPU-a", name="Tesla V100-SXM2-32GB")]
-    (device,) = NvmlBackend().snapshot().devices
-    assert (device.uuid, device.name) == ("GPU-a", "Tesla V100-SXM2-32GB")
+def test_construction_does_not_touch_nvml(driver: FakeDriver, clock: Clock) -> None:
+    NvmlBackend(clock=clock).close()
+    assert driver.calls == {}
 
 
 @pytest.mark.parametrize(
-    ("error", "words"),
+    ("code", "words"),
     [
-        (pynvml.NVMLError_LibraryNotFound(), "libnvidia-ml.so.1"),
-        (pynvml.NVMLError_DriverNotLoaded(), "not loaded"),
-        (pynvml.NVMLError_LibRmVersionMismatch(), "reboot"),
-        (pynvml.NVMLError_NoPermission(), "permission"),
-        (pynvml.NVMLError_Unknown(), "Unknown Error"),
-        (OSError("boom"), "boom"),
+        (DRIVER_NOT_LOADED, "not loaded"),
+        (LIB_RM_VERSION_MISMATCH, "reboot"),
+        (NO_PERMISSION, "permission"),
+        (UNKNOWN, "Unknown Error"),
     ],
 )
-def test_init_failure_is_one_line_backend_error(
-    nvml: FakeNvml, error: BaseException, words: str
+def test_init_failure_is_one_line_and_tried_again_after_a_pause(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock, code: int, words: str
 ) -> None:
-    nvml.init_error = error
-    backend = NvmlBackend()
+    driver.init_error = code
     with pytest.raises(BackendError) as raised:
         backend.snapshot()
     message = str(raised.value)
     assert "\n" not in message and words in message
-    # Not marked initialised: a later call tries again (the driver may have been loaded).
-    nvml.init_error = None
-    nvml.gpus = [FakeGpu("GPU-a")]
+    driver.init_error = None
+    driver.gpus = [FakeGpu("GPU-a")]
+    # not in a loop: the next attempt waits for the back-off
+    with pytest.raises(BackendError, match="tried again in 1 s"):
+        backend.snapshot()
+    assert driver.calls["init"] == 1
+    clock.advance(FIRST_BACKOFF_S)
     assert len(backend.snapshot().devices) == 1
+    assert driver.calls["init"] == 2
 
 
-def test_count_failure_is_backend_error(nvml: FakeNvml) -> None:
-    nvml.count_error = pynvml.NVMLError_Unknown()
-    with pytest.raises(BackendError, match="cannot count"):
-        NvmlBackend().snapshot()
+def test_library_missing(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.library_missing = True
+    with pytest.raises(BackendError, match="libnvidia-ml.so.1 was not found"):
+        backend.snapshot()
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVER_ERRORS))
+def test_driver_lost_then_back(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock, kind: str
+) -> None:
+    """The driver goes away under an open NVML (reload, update): unavailable, shut down,
+    opened again after the back-off, and reading again without a restart."""
+    driver.gpus = [FakeGpu("GPU-a", compute=[(5, MI)])]
+    assert pids(backend.snapshot()) == [(5, 0)]
+    driver.count_error = DRIVER_ERRORS[kind]
+    with pytest.raises(BackendError) as raised:
+        backend.snapshot()
+    assert "\n" not in str(raised.value)
+    assert driver.calls["shutdown"] == 1
+    # the driver is back (reloaded), but nvmlInit waits for the back-off: no busy loop
+    driver.count_error = None
+    with pytest.raises(BackendError, match="tried again"):
+        backend.snapshot()
+    assert driver.calls["init"] == 1
+    clock.advance(FIRST_BACKOFF_S)
+    snapshot = backend.snapshot()
+    assert pids(snapshot) == [(5, 0)] and not snapshot.partial
+    assert driver.calls["init"] == 2
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVER_ERRORS))
+def test_every_device_lost_is_unavailable(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock, kind: str
+) -> None:
+    driver.gpus = [
+        FakeGpu("GPU-a", error=DRIVER_ERRORS[kind]),
+        FakeGpu("GPU-b", error=DRIVER_ERRORS[kind]),
+    ]
+    with pytest.raises(BackendError, match="cannot read any of the 2 GPU"):
+        backend.snapshot()
+    assert driver.calls["shutdown"] == 1
+    for gpu in driver.gpus:
+        gpu.error = None
+    clock.advance(FIRST_BACKOFF_S)
+    assert len(backend.snapshot().devices) == 2
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVER_ERRORS))
+def test_one_device_lost_is_partial_and_nvml_is_opened_again_later(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock, kind: str
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(1, MI)]), FakeGpu("GPU-b", compute=[(2, MI)])]
+    backend.snapshot()
+    driver.gpus[1].error = DRIVER_ERRORS[kind]
+    snapshot = backend.snapshot()
+    assert snapshot.partial and pids(snapshot) == [(1, 0)]
+    assert snapshot.errors[0].startswith("device 1:")
+    # the readable device keeps being read while the back-off runs; NVML stays open
+    assert backend.snapshot().partial
+    assert (driver.calls["init"], driver.calls["shutdown"]) == (1, 0)
+    clock.advance(FIRST_BACKOFF_S)
+    driver.gpus[1].error = None
+    snapshot = backend.snapshot()  # NVML shut down and opened again first
+    assert (driver.calls["init"], driver.calls["shutdown"]) == (2, 1)
+    assert not snapshot.partial and pids(snapshot) == [(1, 0), (2, 1)]
+
+
+def test_a_process_list_lost_is_partial_and_reopens(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=GPU_IS_LOST)]
+    snapshot = backend.snapshot()
+    assert snapshot.partial and [d.uuid for d in snapshot.devices] == ["GPU-a"]
+    driver.gpus[0].compute = [(3, MI)]
+    clock.advance(FIRST_BACKOFF_S)
+    assert pids(backend.snapshot()) == [(3, 0)]
+    assert driver.calls["init"] == 2
+
+
+def test_back_off_doubles_up_to_its_limit_and_resets(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock
+) -> None:
+    driver.init_error = DRIVER_NOT_LOADED
+    waits = []
+    for _ in range(8):
+        with pytest.raises(BackendError):
+            backend.snapshot()
+        waits.append(backend._retry_at - clock.now)
+        clock.advance(waits[-1])
+    assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert MAX_BACKOFF_S == 30
+    assert driver.calls["init"] == 8
+    driver.init_error = None
+    driver.gpus = [FakeGpu("GPU-a")]
+    backend.snapshot()
+    driver.count_error = UNKNOWN
+    with pytest.raises(BackendError):
+        backend.snapshot()
+    assert backend._retry_at - clock.now == FIRST_BACKOFF_S  # a good snapshot reset it
+
+
+def test_function_missing_for_the_device_list(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.missing = {"nvmlDeviceGetUUID"}
+    driver.gpus = [FakeGpu("GPU-a")]
+    with pytest.raises(BackendError) as raised:
+        backend.snapshot()
+    assert "nvmlDeviceGetUUID" in str(raised.value)
+    assert driver.calls["shutdown"] == 0  # not a driver loss: NVML stays open
+
+
+def test_a_device_count_no_machine_has_is_one_line(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.count_override = 2**32 - 1
+    with pytest.raises(BackendError) as raised:
+        backend.snapshot()
+    assert "4294967295 GPUs reported" in str(raised.value) and "\n" not in str(raised.value)

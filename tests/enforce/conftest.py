@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pwd
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from genv.backends.machine_file import write_machine
 
 IS_ROOT = os.geteuid() == 0
 ALICE = "genvenf_alice"
@@ -141,14 +142,8 @@ class Machine:
         self.write()
 
     def write(self) -> None:
-        data = {
-            "devices": [{"total_memory": total} for total in self.devices],
-            "processes": self.processes,
-        }
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(json.dumps(data))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, self.path)
+        write_machine(self.path, [{"total_memory": total} for total in self.devices],
+                      self.processes)
 
 
 @pytest.fixture

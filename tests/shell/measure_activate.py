@@ -15,7 +15,6 @@ genv 1.4.3 reads the devices through `nvidia-smi`, so --peer puts the stand-in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import pexpect
+
+from genv.backends.machine_file import write_machine
 
 REPO = Path(__file__).resolve().parents[2]
 PEER = "/opt/genv-peer/bin/genv"
@@ -61,8 +62,7 @@ def main() -> int:
 def environment(folder: Path, program: str, peer: bool) -> dict[str, str] | None:
     """The shell's environment: a 2-GPU simulated machine and its own state folder."""
     machine = folder / "machine.json"
-    machine.write_text(json.dumps({"devices": [{"total_memory": "80gi"}] * 2,
-                                   "processes": []}))
+    write_machine(machine, [{"total_memory": "80gi"}] * 2)  # with the stand-ins' flat form
     # PYTHONDONTWRITEBYTECODE is dropped: an installed genv has its bytecode compiled, and
     # compiling every module on every call would measure the checkout, not the program.
     env = {k: v for k, v in os.environ.items()

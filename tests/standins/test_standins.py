@@ -1,6 +1,7 @@
 """The stand-ins for NVIDIA's tools: standins/nvidia-smi and standins/libnvidia-ml.
 
-Both present the simulated machine described by the JSON file named in GENV_FAKE_MACHINE.
+Both present the simulated machine described by the JSON file named in GENV_FAKE_MACHINE,
+read through the flat form genv's writer puts beside it (so genv's parser is the only one).
 NVML is exercised through nvidia-ml-py (pynvml) in a child process, because the library is
 found through LD_LIBRARY_PATH, which must be set before a process starts.
 """
@@ -21,10 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from genv.backends.machine_file import compile_machine
+from genv.backends.machine_file import write_machine as write_entries
+from genv.system import procfs
+
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "standins"
-NVIDIA_SMI = STANDINS / "nvidia-smi"
-BUILD = STANDINS / "build-nvml.sh"
+NVIDIA_SMI = STANDINS / "nvidia-smi"  # the launcher: builds standins/build/nvidia-smi
+BUILD = STANDINS / "build.sh"
+BUILD_NVML = STANDINS / "build-nvml.sh"
 PEER_SHIM = Path("/opt/genv-peer/lib/python3.11/site-packages/genv/shims/nvidia-smi")
 
 MIB = 1024 * 1024
@@ -37,29 +43,46 @@ def default_uuid(index: int) -> str:
 
 
 def write_machine(path: Path, description: dict | str) -> None:
-    """Writes the description atomically, as the stand-ins expect."""
+    """Writes the description text as it is (atomically), then its flat form, as
+    ``python -m genv.backends.machine_file`` does for a file written by hand."""
     text = description if isinstance(description, str) else json.dumps(description)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+    compile_machine(path)
 
 
 # ---- fixtures ------------------------------------------------------------------------------
 
+SMI = {"path": NVIDIA_SMI}
+
 
 @pytest.fixture(scope="session")
-def nvml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A freshly built libnvidia-ml.so.1 (the build must be free of warnings)."""
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both stand-ins freshly built by build.sh (the build must be free of warnings)."""
     if shutil.which(os.environ.get("CC", "cc")) is None:
-        pytest.skip("no C compiler (cc) to build the NVML stand-in")
-    out = tmp_path_factory.mktemp("nvml")
+        pytest.skip("no C compiler (cc) to build the stand-ins")
+    out = tmp_path_factory.mktemp("standins")
     result = subprocess.run(
         ["sh", str(BUILD), str(out)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr, result.stderr
-    assert (out / "libnvidia-ml.so.1").is_file()
+    assert (out / "libnvidia-ml.so.1").is_file() and (out / "nvidia-smi").is_file()
     return out
+
+
+@pytest.fixture(autouse=True)
+def compiled_smi(built: Path):
+    """``smi()`` runs the freshly built nvidia-smi."""
+    SMI["path"] = built / "nvidia-smi"
+    yield
+    SMI["path"] = NVIDIA_SMI
+
+
+@pytest.fixture(scope="session")
+def nvml_dir(built: Path) -> Path:
+    return built
 
 
 @pytest.fixture
@@ -536,10 +559,6 @@ def test_invalid_descriptions_smi(machine: Path, text: str) -> None:
 
 # ---- the three views of one machine agree: genv's fake backend, NVML, nvidia-smi ----------
 
-# Cases that go beyond what the fake backend checks: NVML's 96-byte buffers cut names and
-# refuse longer uuids; a pid beyond any real one is simply not running.
-BEYOND_BACKEND = {"long-name", "long-uuid", "huge-pid"}
-
 
 def fake_backend(machine: Path):
     fake = pytest.importorskip("genv.backends.fake")
@@ -547,18 +566,14 @@ def fake_backend(machine: Path):
 
 
 @pytest.mark.parametrize(("text", "expected"), VALID)
-def test_valid_descriptions_fake_backend(request, machine: Path, text: str, expected) -> None:
-    if request.node.callspec.id in BEYOND_BACKEND:
-        pytest.skip("a limit of the stand-ins, not of the description format")
+def test_valid_descriptions_fake_backend(machine: Path, text: str, expected) -> None:
     write_machine(machine, text)
     snapshot = fake_backend(machine).snapshot()
     assert [(d.uuid, d.name, d.total_memory) for d in snapshot.devices] == expected
 
 
 @pytest.mark.parametrize("text", INVALID)
-def test_invalid_descriptions_fake_backend(request, machine: Path, text: str) -> None:
-    if request.node.callspec.id in BEYOND_BACKEND:
-        pytest.skip("a limit of the stand-ins, not of the description format")
+def test_invalid_descriptions_fake_backend(machine: Path, text: str) -> None:
     from genv.backends.base import BackendError
 
     write_machine(machine, text)
@@ -691,6 +706,7 @@ BACKEND_SNAPSHOT = textwrap.dedent(
         "processes": sorted([p.pid, p.device_index, p.device_uuid, p.used_memory]
                             for p in snapshot.processes),
         "errors": list(snapshot.errors),
+        "partial": snapshot.partial,
     }))
     """
 )
@@ -702,16 +718,14 @@ def test_genv_backends_over_the_stand_ins(nvml_dir: Path, machine: Path, sleeper
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not there")
     a, b = sleepers(), sleepers()
-    write_machine(
+    write_entries(
         machine,
-        {
-            "devices": [{"total_memory": "80gi"}, {"total_memory": "16g", "uuid": "GPU-x"}],
-            "processes": [
-                {"pid": a.pid, "device": 1, "used_memory": "3gi"},
-                {"pid": b.pid, "device": 0},
-                {"pid": dead_pid(), "device": 0, "used_memory": "1gi"},
-            ],
-        },
+        [{"total_memory": "80gi"}, {"total_memory": "16g", "uuid": "GPU-x"}],
+        [
+            {"pid": a.pid, "device": 1, "used_memory": "3gi"},
+            {"pid": b.pid, "device": 0},
+            {"pid": dead_pid(), "device": 0, "used_memory": "1gi"},
+        ],
     )
     environment = dict(os.environ)
     for name in ("GENV_GPU_BACKEND", "GENV_BYPASS"):
@@ -719,7 +733,7 @@ def test_genv_backends_over_the_stand_ins(nvml_dir: Path, machine: Path, sleeper
     environment.update(
         GENV_FAKE_MACHINE=str(machine),
         LD_LIBRARY_PATH=str(nvml_dir),
-        PATH=f"{STANDINS}{os.pathsep}{environment.get('PATH', '')}",
+        PATH=f"{nvml_dir}{os.pathsep}{environment.get('PATH', '')}",
     )
 
     def snapshot(backend: str) -> dict:
@@ -789,7 +803,7 @@ def smi(machine: Path | None, *args: str, env: dict | None = None) -> subprocess
         environment["GENV_FAKE_MACHINE"] = str(machine)
     environment.update(env or {})
     return subprocess.run(
-        [str(NVIDIA_SMI), *args], capture_output=True, text=True, env=environment, check=False
+        [str(SMI["path"]), *args], capture_output=True, text=True, env=environment, check=False
     )
 
 
@@ -1120,7 +1134,7 @@ def test_stand_in_nvml_symbols(nvml_dir: Path) -> None:
         count = ctypes.c_uint(0)
         print(json.dumps({
             "missing": [name for name in sys.argv[2:] if not hasattr(library, name)],
-            "internal": hasattr(library, "parse_machine"),
+            "internal": hasattr(library, "sim_load") or hasattr(library, "parse_flat"),
             "lost": library.nvmlErrorString(15).decode(),
             "before_init": library.nvmlDeviceGetCount_v2(ctypes.byref(count)),
         }))
@@ -1146,13 +1160,14 @@ def test_stand_in_nvml_symbols(nvml_dir: Path) -> None:
 GROWING_SNAPSHOTS = textwrap.dedent(
     """
     import json, sys
+    from genv.backends.machine_file import write_machine
     from genv.backends.nvml import NvmlBackend
     backend = NvmlBackend()
     views = []
     for step in ("first", "second"):
         if step == "second":
-            with open(sys.argv[1], "w") as target:
-                target.write(sys.argv[2])
+            second = json.loads(sys.argv[2])
+            write_machine(sys.argv[1], second["devices"], second["processes"])
         snapshot = backend.snapshot()
         views.append(sorted([p.pid, p.device_index, p.used_memory] for p in snapshot.processes))
     print(json.dumps(views))
@@ -1174,11 +1189,209 @@ def test_nvml_backend_lists_many_processes_and_grows_its_buffer(
     write_machine(machine, {"devices": devices, "processes": first})
     environment = dict(os.environ, GENV_FAKE_MACHINE=str(machine), LD_LIBRARY_PATH=str(nvml_dir))
     result = subprocess.run(
-        [sys.executable, "-c", GROWING_SNAPSHOTS, str(machine),
-         json.dumps({"devices": devices, "processes": second})],
-        capture_output=True, text=True, env=environment, check=False,
+        [
+            sys.executable,
+            "-c",
+            GROWING_SNAPSHOTS,
+            str(machine),
+            json.dumps({"devices": devices, "processes": second}),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     views = json.loads(result.stdout)
     assert views[0] == sorted([p.pid, 0, MIB] for p in processes[:40])
     assert views[1] == sorted([p.pid, i % 2, (i + 1) * MIB] for i, p in enumerate(processes))
+
+
+# ---- the flat form: the stand-ins read nothing else ----------------------------------------
+
+
+def test_a_json_edited_by_hand_is_not_shown_until_compiled(probe, machine: Path) -> None:
+    write_machine(machine, {"devices": [{"total_memory": "1gi"}]})
+    nvml = probe()
+    assert nvml.ask("init") is None
+    assert nvml.ask("snapshot")["count"] == 1
+    machine.write_text(json.dumps({"devices": [{"total_memory": "1gi"}] * 2}))
+    result = smi(machine, "--query-gpu=index", "--format=csv,noheader")
+    assert result.returncode == 9
+    assert "changed since its flat form was written" in result.stderr
+    assert "python -m genv.backends.machine_file" in result.stderr
+    assert nvml.ask("snapshot")["count"]["error"] == "NVMLError_Unknown"
+    compile_machine(machine)
+    assert nvml.ask("snapshot")["count"] == 2
+    assert smi(machine, "--query-gpu=index", "--format=csv,noheader").stdout == "0\n1\n"
+
+
+def test_no_flat_form_at_all(probe, machine: Path) -> None:
+    machine.write_text('{"devices": []}')
+    result = smi(machine, "-L")
+    assert result.returncode == 9 and "has no flat form" in result.stderr
+    assert probe().ask("init")["error"] == "NVMLError_DriverNotLoaded"
+
+
+def test_the_flat_form_carries_genv_s_own_error(machine: Path) -> None:
+    write_machine(machine, '{"devices": [{"total_memory": "80 gb"}]}')
+    result = smi(machine, "-L")
+    assert result.returncode == 9
+    assert "devices[0].total_memory: invalid memory amount '80 gb'" in result.stderr
+
+
+HOSTILE_BODIES = [
+    "",
+    "nonsense\n",
+    "genv-machine-flat 1\n",
+    "genv-machine-flat 2\n{json}\nboot -\ndevices 0\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 0\n",  # no end
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 0\nend",  # no newline
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 0\nend\nmore\n",
+    "{magic}\n{json}\nboot -\ndevices 99999999999999999999999\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 4294967296\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 2\n1 GPU-a A\nprocesses 0\nend\n",  # one short
+    "{magic}\n{json}\nboot -\ndevices 1\n-1 GPU-a A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n18446744073709551615 GPU-a A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n18446744073709551616 GPU-a A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1 GPU-%zz A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1 GPU-%00 A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1 GPU-%0 A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1 " + "x" * 96 + " A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1  A\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 1\n1 GPU-a A extra\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 2\n1 GPU-a A\n1 GPU-a B\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 1048577\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 3\n0 1 - -\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 1\n0 0 - -\nend\n",  # pid 0
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 1\n0 1 x -\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 1\n0 1 - 99999999999999999999\nend\n",
+    "{magic}\n{json}\nboot -\ndevices 0\nprocesses 1\n0 1 -\nend\n",
+    "{magic}\n{json}\nboot " + "b" * 64 + "\ndevices 0\nprocesses 0\nend\n",
+    "{magic}\n{json}\nboot a\x00b\ndevices 0\nprocesses 0\nend\n",
+    "{magic}\n{json}\nerror %zz\nend\n",
+    "{magic}\njson x y\nboot -\ndevices 0\nprocesses 0\nend\n",
+    "{magic}\n{json}\n" + "\n" * 10000,
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES)
+def test_a_hostile_flat_file_is_one_error_line(probe, machine: Path, body: str) -> None:
+    """Whatever the flat file holds (someone else may have written it), no crash: NVIDIA's
+    driver message and the reason, or NVML's "driver not loaded"."""
+    write_machine(machine, {"devices": [{"total_memory": "1gi"}]})
+    status = machine.stat()
+    text = body.replace("{magic}", "genv-machine-flat 1").replace(
+        "{json}", f"json {status.st_size} {status.st_mtime_ns}"
+    )
+    Path(f"{machine}.flat").write_text(text)
+    result = smi(machine, "--query-gpu=index", "--format=csv")
+    assert result.returncode == 9, result.stdout
+    assert result.stderr.startswith("NVIDIA-SMI has failed")
+    assert len(result.stderr.splitlines()) == 2
+    assert probe().ask("init")["error"] == "NVMLError_DriverNotLoaded"
+
+
+# ---- a listed pid counts only for the very process it described ---------------------------
+
+
+def reuse_pid(pid: int) -> subprocess.Popen | None:
+    """A new ``sleep`` that gets ``pid`` (free again), through ns_last_pid; None when another
+    process on this machine took it first every time, or the kernel does not let us."""
+    for _ in range(50):
+        try:
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        except OSError:
+            return None
+        process = subprocess.Popen(["sleep", "300"])
+        if process.pid == pid:
+            return process
+        process.kill()  # our own child, not reaped: no one else's process
+        process.wait()
+    return None
+
+
+def test_a_reused_pid_is_never_taken_for_the_listed_process(probe, machine: Path, sleepers) -> None:
+    """The listed process exits; a stranger gets its pid: no view reports the stranger."""
+    listed = subprocess.Popen(["sleep", "300"])
+    write_entries(
+        machine, [{"total_memory": "8gi"}], [{"pid": listed.pid, "device": 0, "used_memory": "1gi"}]
+    )
+    backend, through_nvml, through_smi = three_views(probe, machine)
+    assert backend["processes"] == [(default_uuid(0), listed.pid, 1024)]
+    assert through_nvml == backend and through_smi == backend
+    kill(listed)
+    stranger = reuse_pid(listed.pid)
+    if stranger is None:
+        pytest.skip("could not get the same pid again (ns_last_pid, a busy machine)")
+    try:
+        assert stranger.pid == listed.pid
+        backend, through_nvml, through_smi = three_views(probe, machine)
+        assert backend["processes"] == through_nvml["processes"] == []
+        assert through_smi["processes"] == []
+        assert backend["devices"][0][4] == through_nvml["devices"][0][4] == 0
+    finally:
+        kill(stranger)
+
+
+def test_wrong_start_and_later_start_count_in_no_view(probe, machine: Path, sleepers) -> None:
+    """A live pid of another start, and a start-less entry written before its process
+    started: neither is that process, for genv, the NVML stand-in and nvidia-smi alike."""
+    mine, later, unrecorded = sleepers(), sleepers(), sleepers()
+    start = procfs.start_of(later.pid)
+    assert start is not None
+    write_entries(
+        machine,
+        [{"total_memory": "8gi"}],
+        [
+            {"pid": mine.pid, "device": 0, "used_memory": "1gi"},
+            {"pid": later.pid, "device": 0, "used_memory": "2gi", "start": start - 1},
+            {"pid": unrecorded.pid, "device": 0, "used_memory": "3gi", "start": None},
+        ],
+    )
+    backend, through_nvml, through_smi = three_views(probe, machine)
+    assert backend["processes"] == sorted(
+        [(default_uuid(0), mine.pid, 1024), (default_uuid(0), unrecorded.pid, 3072)]
+    )
+    assert through_nvml == backend and through_smi == backend
+    # the file as if written before `unrecorded` started: the entry is not that process
+    unrecorded_start = procfs.start_of(unrecorded.pid)
+    assert unrecorded_start is not None
+    offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    before = offset + (unrecorded_start - 2) * 1_000_000_000 // procfs.clock_ticks()
+    os.utime(machine, ns=(before, before))
+    compile_machine(machine)
+    backend, through_nvml, through_smi = three_views(probe, machine)
+    assert backend["processes"] == [(default_uuid(0), mine.pid, 1024)]
+    assert through_nvml == backend and through_smi == backend
+
+
+def test_the_launcher_builds_and_runs_the_stand_in(machine: Path, tmp_path: Path) -> None:
+    """standins/nvidia-smi (what PATH=standins finds) runs the compiled program, also
+    through a symbolic link."""
+    write_machine(machine, {"devices": [{"total_memory": "1gi"}]})
+    link = tmp_path / "nvidia-smi"
+    link.symlink_to(NVIDIA_SMI)
+    environment = dict(os.environ, GENV_FAKE_MACHINE=str(machine))
+    for command in (NVIDIA_SMI, link):
+        result = subprocess.run(
+            [str(command), "-L"], capture_output=True, text=True, env=environment, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"GPU 0: Simulated GPU (UUID: {default_uuid(0)})\n"
+
+
+def test_build_nvml_prints_the_library(tmp_path: Path, built: Path) -> None:
+    result = subprocess.run(
+        ["sh", str(BUILD_NVML), str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path}/libnvidia-ml.so.1\n"
+    failing = subprocess.run(
+        ["sh", str(BUILD_NVML), str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, CC="false"),
+        check=False,
+    )
+    assert failing.returncode != 0

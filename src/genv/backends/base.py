@@ -19,8 +19,10 @@ class GpuBackend(Protocol):
     """Reads the devices and the compute processes on them.
 
     ``snapshot`` builds the device list from the hardware on every call, so a GPU added or
-    removed shows up without any reset. A device that fails is listed in ``errors`` and the
-    others are still reported; only a failure to read anything raises ``BackendError``.
+    removed shows up without any reset. A device or process list that fails is listed in
+    ``errors`` and makes the snapshot ``partial`` (what it would have shown is unknown, not
+    absent); the others are still reported. Only a failure to read anything raises
+    ``BackendError``, whose message is one line.
     """
 
     name: str

@@ -3,16 +3,25 @@
 It costs a process per query (10-20 ms at best, seconds on busy hosts), so NVML is preferred;
 this one is for hosts where the library cannot be loaded in-process. The parsing is kept in
 pure functions so it is tested on real output without a GPU.
+
+nvidia-smi hangs when the driver does (a GPU falling off the bus, a stuck kernel module), so
+a snapshot has a deadline (``GENV_NVIDIA_SMI_TIMEOUT``, 10 s by default): past it, nvidia-smi
+is killed and, should it not even die (a process stuck in the kernel), left behind, so the
+daemon's cycle goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 
 from genv.backends.base import BackendError
 from genv.domain.models import Device, GpuProcess, GpuSnapshot
+from genv.system.procfs import valid_pid
 
 GPU_QUERY = (
     "--query-gpu=index,uuid,name,memory.total,memory.used",
@@ -25,8 +34,25 @@ APPS_QUERY = (
 MIB = 1024**2
 # Pids a binding that does not match the driver reports; never act on them.
 GARBAGE_PIDS = frozenset({0, 4294967295})
-TIMEOUT_S = 60.0
+TIMEOUT_VAR = "GENV_NVIDIA_SMI_TIMEOUT"
+TIMEOUT_S = 10.0
+KILL_WAIT_S = 1.0  # how long a killed nvidia-smi may take to die before it is left behind
+MAX_MIB = (2**64 - 1) // MIB  # more than that is no amount a GPU reports
 _NO_DEVICES = "no devices were found"
+
+
+def timeout_from_environment() -> float:
+    """The snapshot deadline in seconds, from ``GENV_NVIDIA_SMI_TIMEOUT`` (default 10)."""
+    text = os.environ.get(TIMEOUT_VAR, "").strip()
+    if not text:
+        return TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise BackendError(f"{TIMEOUT_VAR}={text!r} is not a number of seconds between 0 and 3600")
+    return value
 
 
 def parse_mib(field: str) -> int | None:
@@ -36,9 +62,9 @@ def parse_mib(field: str) -> int | None:
         return None
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # "nan", "inf", "1e999"
         return None
-    return value * MIB if value >= 0 else None
+    return value * MIB if 0 <= value <= MAX_MIB else None
 
 
 def _lines(text: str) -> Iterable[str]:
@@ -48,14 +74,16 @@ def _lines(text: str) -> Iterable[str]:
             yield line
 
 
-def parse_gpus(text: str) -> tuple[list[Device], list[str]]:
+def parse_gpus(text: str) -> tuple[list[Device], list[str], list[str]]:
     """Devices from ``--query-gpu=index,uuid,name,memory.total,memory.used`` output.
 
     The name is whatever lies between the uuid and the two memory fields, so a name with
-    spaces (or even commas) survives. A line that cannot be read becomes an error, not a crash.
+    spaces (or even commas) survives. Returns the devices, the errors (lines that could not be
+    read: a device is missing) and notes (a device without memory figures, kept).
     """
     devices: list[Device] = []
     errors: list[str] = []
+    notes: list[str] = []
     for line in _lines(text):
         fields = [field.strip() for field in line.split(",")]
         if len(fields) < 5:
@@ -63,9 +91,8 @@ def parse_gpus(text: str) -> tuple[list[Device], list[str]]:
             continue
         index_text, uuid = fields[0], fields[1]
         name = ", ".join(fields[2:-2])
-        try:
-            index = int(index_text)
-        except ValueError:
+        index = _whole(index_text, 1 << 16)
+        if index is None:
             errors.append(f"nvidia-smi: cannot read GPU line {line!r}")
             continue
         if not uuid or uuid.startswith("["):
@@ -74,10 +101,18 @@ def parse_gpus(text: str) -> tuple[list[Device], list[str]]:
         total = parse_mib(fields[-2])
         used = parse_mib(fields[-1])
         if total is None:
-            errors.append(f"device {index}: total memory not reported ({fields[-2]})")
+            notes.append(f"device {index}: total memory not reported ({fields[-2]})")
             total = 0
         devices.append(Device(index, uuid, name, total, used))
-    return devices, errors
+    return devices, errors, notes
+
+
+def _whole(text: str, limit: int) -> int | None:
+    """A decimal whole number from 0 to ``limit``, or None."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    value = int(text)
+    return value if value <= limit else None
 
 
 def parse_apps(text: str) -> tuple[list[tuple[str, int, int | None]], list[str]]:
@@ -93,12 +128,14 @@ def parse_apps(text: str) -> tuple[list[tuple[str, int, int | None]], list[str]]
             errors.append(f"nvidia-smi: cannot read process line {line!r}")
             continue
         uuid, pid_text, used_text = fields[0], fields[1], fields[-1]
-        try:
-            pid = int(pid_text)
-        except ValueError:
+        pid = _whole(pid_text, 2**64)
+        if pid is None:
             errors.append(f"nvidia-smi: cannot read process line {line!r}")
             continue
-        if pid in GARBAGE_PIDS or pid < 0:
+        if pid in GARBAGE_PIDS:
+            continue
+        if not valid_pid(pid):
+            errors.append(f"nvidia-smi: process line with pid {pid}, which no process has")
             continue
         apps.append((uuid, pid, parse_mib(used_text)))
     return apps, errors
@@ -109,8 +146,9 @@ def build_snapshot(gpu_text: str, apps_text: str | None) -> GpuSnapshot:
 
     Processes are tied to devices by UUID, since indices can change; a process on a UUID that
     is not in the device list (the list changed between the two calls) is reported in errors.
+    Anything that could not be read makes the snapshot partial.
     """
-    devices, errors = parse_gpus(gpu_text)
+    devices, errors, notes = parse_gpus(gpu_text)
     processes: dict[tuple[str, int], GpuProcess] = {}
     if apps_text is not None:
         by_uuid = {device.uuid: device for device in devices}
@@ -125,7 +163,9 @@ def build_snapshot(gpu_text: str, apps_text: str | None) -> GpuSnapshot:
             if previous is not None and (used is None or (previous.used_memory or 0) >= used):
                 continue
             processes[(uuid, pid)] = GpuProcess(pid, device.index, uuid, used)
-    return GpuSnapshot(tuple(devices), tuple(processes.values()), tuple(errors))
+    return GpuSnapshot(
+        tuple(devices), tuple(processes.values()), tuple(notes + errors), bool(errors)
+    )
 
 
 def first_line(*texts: str | None) -> str:
@@ -138,51 +178,55 @@ def first_line(*texts: str | None) -> str:
 
 
 class NvidiaSmiBackend:
-    """Runs ``nvidia-smi`` from PATH with ``GENV_BYPASS=1``, so a genv shim steps aside."""
+    """Runs ``nvidia-smi`` from PATH with ``GENV_BYPASS=1``, so a genv shim steps aside.
+
+    ``timeout`` (seconds; default from ``GENV_NVIDIA_SMI_TIMEOUT``, else 10) bounds a whole
+    snapshot, both queries together.
+    """
 
     name = "nvidia-smi"
 
-    def __init__(self, executable: str = "nvidia-smi", timeout: float = TIMEOUT_S) -> None:
+    def __init__(self, executable: str = "nvidia-smi", timeout: float | None = None) -> None:
         self.executable = executable
-        self.timeout = timeout
+        self.timeout = timeout_from_environment() if timeout is None else timeout
 
     def snapshot(self, processes: bool = True) -> GpuSnapshot:
         """One ``--query-gpu`` call and, when asked, one ``--query-compute-apps`` call."""
-        gpu_text = self._run(GPU_QUERY)
+        deadline = time.monotonic() + self.timeout
+        gpu_text = self._run(GPU_QUERY, deadline)
         if gpu_text is None:
             return GpuSnapshot((), ())
-        apps_text: str | None = None
-        errors: list[str] = []
-        if processes:
-            try:
-                apps_text = self._run(APPS_QUERY) or ""
-            except BackendError as error:
-                errors.append(f"cannot list GPU processes: {error}")
-                apps_text = ""
-        snapshot = build_snapshot(gpu_text, apps_text if processes else None)
-        if errors:
-            snapshot = GpuSnapshot(
-                snapshot.devices, snapshot.processes, snapshot.errors + tuple(errors)
+        if not processes:
+            return build_snapshot(gpu_text, None)
+        try:
+            apps_text = self._run(APPS_QUERY, deadline) or ""
+        except BackendError as error:
+            snapshot = build_snapshot(gpu_text, "")
+            return GpuSnapshot(
+                snapshot.devices,
+                (),
+                (*snapshot.errors, f"cannot list GPU processes: {error}"),
+                partial=True,
             )
-        return snapshot
+        return build_snapshot(gpu_text, apps_text)
 
     def close(self) -> None:
         """Nothing is held between calls."""
 
-    def _run(self, arguments: Sequence[str]) -> str | None:
+    def _run(self, arguments: Sequence[str], deadline: float) -> str | None:
         """stdout of one query; None when nvidia-smi says there are no devices at all."""
         env = dict(os.environ, GENV_BYPASS="1")
         command = [self.executable, *arguments]
         try:
-            result = subprocess.run(
+            process = subprocess.Popen(
                 command,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                timeout=self.timeout,
-                check=False,
+                start_new_session=True,  # its own group, so all of it can be killed
             )
         except FileNotFoundError:
             raise BackendError(
@@ -190,18 +234,37 @@ class NvidiaSmiBackend:
                 "GENV_GPU_BACKEND=fake GENV_FAKE_MACHINE=machine.json to simulate a machine "
                 "(see README)"
             ) from None
-        except subprocess.TimeoutExpired:
-            raise BackendError(
-                f"{self.executable} did not answer within {self.timeout:g} seconds: "
-                "check the NVIDIA driver, or try GENV_GPU_BACKEND=nvml"
-            ) from None
         except OSError as error:
             raise BackendError(f"cannot run {self.executable}: {error.strerror or error}") from None
-        if result.returncode != 0:
-            message = first_line(result.stderr, result.stdout)
+        try:
+            stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            _abandon(process)
+            raise BackendError(
+                f"{self.executable} did not answer within {self.timeout:g} seconds: "
+                f"check the NVIDIA driver, or try GENV_GPU_BACKEND=nvml ({TIMEOUT_VAR} sets "
+                "the limit)"
+            ) from None
+        if process.returncode != 0:
+            message = first_line(stderr, stdout)
             if message.lower().startswith(_NO_DEVICES):
                 return None
             raise BackendError(
-                f"{self.executable} failed (exit {result.returncode}): {message or 'no message'}"
+                f"{self.executable} failed (exit {process.returncode}): {message or 'no message'}"
             )
-        return result.stdout
+        return stdout
+
+
+def _abandon(process: subprocess.Popen[str]) -> None:
+    """Kill a hanging nvidia-smi (its whole group) and wait a moment for it, not longer.
+
+    Its pid cannot have been reused: it is our child and not yet reaped. One that does not die
+    (stuck in the driver) is left to the interpreter, which reaps it later.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=KILL_WAIT_S)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()

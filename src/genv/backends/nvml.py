@@ -1,104 +1,65 @@
-"""The preferred backend: NVML in-process through NVIDIA's binding (``pynvml``).
+"""The preferred backend: NVML in-process, through ``nvml_binding`` (the one driver path).
 
 NVML is initialised once, lazily, and kept open: re-initialising per query costs ten times
-more. Importing this module never touches the driver, so it works on machines without a GPU.
+more. When the driver goes away (unloaded, replaced by an update, a GPU lost), the view is
+reported as unavailable or partial, NVML is shut down, and it is opened again on a later
+snapshot, after a back-off that doubles up to ``MAX_BACKOFF_S``: a driver reload recovers
+without restarting the daemon, and a dead driver costs one attempt per back-off, not a loop.
+Importing this module never touches the driver, so it works on machines without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import struct
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
 
 from genv.backends.base import BackendError
+from genv.backends.nvml_binding import (
+    ERROR_DRIVER_NOT_LOADED,
+    ERROR_FUNCTION_NOT_FOUND,
+    ERROR_LIB_RM_VERSION_MISMATCH,
+    ERROR_LIBRARY_NOT_FOUND,
+    ERROR_NO_PERMISSION,
+    ERROR_NOT_SUPPORTED,
+    NvmlError,
+    NvmlLibrary,
+)
 from genv.domain.models import Device, GpuProcess, GpuSnapshot
+from genv.system.procfs import valid_pid
 
-try:
-    import pynvml
-except ImportError:  # pragma: no cover - nvidia-ml-py is a declared dependency
-    pynvml = None  # type: ignore[assignment]
-
-# Pids a binding that does not match the driver reports; never act on them.
-GARBAGE_PIDS = frozenset({0, 4294967295})
-# NVML's "value not available" for a process's memory (older bindings pass it through).
-_NOT_AVAILABLE = 2**64 - 1
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
 
 _FAKE_HINT = (
     "or set GENV_GPU_BACKEND=fake GENV_FAKE_MACHINE=machine.json to simulate one (see README)"
 )
 
 
-class _NoVariant(Exception):
-    """No version of a process query exists in this binding/driver pair."""
-
-
-class _ProcessRecord(ctypes.Structure):
-    """``nvmlProcessInfo_t`` of nvml.h: the record of the ``_v2`` and ``_v3`` process lists."""
-
-    _fields_ = [
-        ("pid", ctypes.c_uint),
-        ("usedGpuMemory", ctypes.c_ulonglong),
-        ("gpuInstanceId", ctypes.c_uint),
-        ("computeInstanceId", ctypes.c_uint),
-    ]
-
-
-_RECORD = struct.Struct("@IQII")  # the same record, unpacked in bulk
-_DIRECT_CALLS = {
-    "Compute": "nvmlDeviceGetComputeRunningProcesses_v3",
-    "MPSCompute": "nvmlDeviceGetMPSComputeRunningProcesses_v3",
-}
-_NVML_SUCCESS = 0
-_NVML_ERROR_INSUFFICIENT_SIZE = 7
-_FIRST_CAPACITY = 64
-_ATTEMPTS = 4
-
-
-def _text(value: Any) -> str:
-    """Strings from NVML: older bindings return bytes."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _error_class(name: str) -> type[BaseException] | None:
-    return getattr(pynvml, name, None) if pynvml is not None else None
-
-
-def _is(error: BaseException, *names: str) -> bool:
-    """Whether ``error`` is one of pynvml's error classes (missing in old bindings = no)."""
-    for name in names:
-        cls = _error_class(name)
-        if cls is not None and isinstance(error, cls):
-            return True
-    return False
-
-
-def init_error_message(error: BaseException) -> str:
+def init_error_message(error: NvmlError) -> str:
     """One line for a failed ``nvmlInit``: what is wrong and what to do."""
-    if _is(error, "NVMLError_LibraryNotFound"):
+    if error.code == ERROR_LIBRARY_NOT_FOUND:
         return (
             "the NVIDIA driver library libnvidia-ml.so.1 was not found: install the NVIDIA "
             f"driver, {_FAKE_HINT}"
         )
-    if _is(error, "NVMLError_DriverNotLoaded"):
+    if error.code == ERROR_DRIVER_NOT_LOADED:
         return (
             "the NVIDIA kernel driver is not loaded: load it (modprobe nvidia, or reboot), "
             f"{_FAKE_HINT}"
         )
-    if _is(error, "NVMLError_LibRmVersionMismatch"):
+    if error.code == ERROR_LIB_RM_VERSION_MISMATCH:
         return (
             "the NVIDIA driver library and kernel module versions differ (driver updated "
             "without a reboot?): reboot or reload the nvidia kernel module"
         )
-    if _is(error, "NVMLError_NoPermission"):
+    if error.code == ERROR_NO_PERMISSION:
         return "no permission to use the NVIDIA driver (NVML): check access to /dev/nvidia*"
     return (
-        f"cannot initialise NVML ({_text(error) or type(error).__name__}): check the driver "
-        "with nvidia-smi, or try GENV_GPU_BACKEND=nvidia-smi"
+        f"cannot initialise NVML ({error}): check the driver with nvidia-smi, or try "
+        "GENV_GPU_BACKEND=nvidia-smi"
     )
 
 
@@ -106,185 +67,187 @@ class NvmlBackend:
     """Reads devices and compute processes through NVML, kept open until ``close``.
 
     Static values (the name) are cached by UUID; everything else is read on every snapshot,
-    and the device list is rebuilt from ``nvmlDeviceGetCount`` each time.
+    and the device list is rebuilt from the device count each time. ``clock`` (monotonic
+    seconds) times the back-off; tests pass their own.
     """
 
     name = "nvml"
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        library: NvmlLibrary | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._library = library if library is not None else NvmlLibrary()
+        self._clock = clock
         self._lock = threading.Lock()
-        self._initialized = False
+        self._open = False
         self._names: dict[str, str] = {}
-        # Which binding function answers a process query, once found (older drivers lack _v3).
-        self._process_calls: dict[str, Callable[[Any], Any] | None] = {}
-        # The C process-list functions called directly (None: not available, use pynvml's),
-        # and how many records to make room for, per (kind, device uuid).
-        self._direct_calls: dict[str, Any] = {}
-        self._capacity: dict[tuple[str, str], int] = {}
-
-    def _ensure_init(self) -> None:
-        """``nvmlInit`` on first use only; a failure is a ``BackendError`` with a hint."""
-        if self._initialized:
-            return
-        with self._lock:
-            if self._initialized:
-                return
-            if pynvml is None:
-                raise BackendError(
-                    "the nvidia-ml-py package (pynvml) is not installed: pip install nvidia-ml-py"
-                )
-            try:
-                pynvml.nvmlInit()
-            except Exception as error:  # the binding raises NVMLError and plain OSError
-                raise BackendError(init_error_message(error)) from None
-            self._initialized = True
+        self._backoff = 0.0
+        self._retry_at = 0.0  # no nvmlInit before this, after one failed
+        self._failure = ""  # why NVML is not open, for the lines said while waiting
+        self._reopen_at: float | None = None  # a device was lost: open NVML again then
 
     def snapshot(self, processes: bool = True) -> GpuSnapshot:
-        """Every device NVML counts now; a device that fails goes to ``errors``."""
-        self._ensure_init()
-        try:
-            count = int(pynvml.nvmlDeviceGetCount())
-        except pynvml.NVMLError as error:
-            raise BackendError(
-                f"NVML cannot count the GPUs ({_text(error)}): check the driver with nvidia-smi"
-            ) from None
-        devices: list[Device] = []
-        found: list[GpuProcess] = []
-        errors: list[str] = []
-        for index in range(count):
+        """Every device NVML counts now; what fails goes to ``errors`` and makes it partial."""
+        with self._lock:
+            self._ensure_open()
             try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
-                name = self._names.get(uuid)
-                if name is None:
-                    name = self._names[uuid] = _text(pynvml.nvmlDeviceGetName(handle))
-            except pynvml.NVMLError as error:
-                errors.append(f"device {index}: {_text(error)}")
-                continue
-            try:
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                total, used = int(memory.total), int(memory.used)
-            except pynvml.NVMLError as error:
-                if not _is(error, "NVMLError_NotSupported"):
-                    errors.append(f"device {index}: {_text(error)}")
-                    continue
-                # Unified-memory parts (GB10) have no framebuffer figures; the device still
-                # exists and runs processes, so keep it, as nvidia-smi's [N/A] does.
-                errors.append(f"device {index}: memory not reported ({_text(error)})")
-                total, used = 0, None
-            devices.append(Device(index, uuid, name, total, used))
-            if processes:
-                found.extend(self._processes(handle, index, uuid, errors))
-        return GpuSnapshot(tuple(devices), tuple(found), tuple(errors))
-
-    def _processes(self, handle: Any, index: int, uuid: str, errors: list[str]) -> list[GpuProcess]:
-        """Compute and MPS processes of one device, garbage pids dropped, each pid once."""
-        by_pid: dict[int, GpuProcess] = {}
-        for kind in ("Compute", "MPSCompute"):
-            try:
-                infos = self._direct_query(kind, handle, uuid)
-                if infos is None:
-                    infos = [
-                        (getattr(info, "pid", 0), getattr(info, "usedGpuMemory", None))
-                        for info in self._query(kind, handle)
-                    ]
-            except Exception as error:  # NVMLError, or a binding that does not match the driver
-                optional = kind == "MPSCompute" and (
-                    isinstance(error, _NoVariant)
-                    or _is(error, "NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+                count = self._library.device_count()
+            except NvmlError as error:
+                if error.driver_lost:
+                    self._lose(f"NVML cannot count the GPUs ({error})")
+                raise BackendError(
+                    f"NVML cannot count the GPUs ({error}): check the driver with nvidia-smi"
+                ) from None
+            reading = _Reading()
+            for index in range(count):
+                self._read_device(index, processes, reading)
+            if count and not reading.devices:
+                if reading.lost:
+                    self._lose(f"NVML cannot read any GPU ({reading.errors[0]})")
+                raise BackendError(
+                    f"NVML cannot read any of the {count} GPU(s): {reading.errors[0]}; check "
+                    "the driver with nvidia-smi"
                 )
-                if not optional:
-                    label = "MPS" if kind == "MPSCompute" else "compute"
-                    errors.append(f"device {index}: cannot list {label} processes: {_text(error)}")
+            if reading.lost:
+                self._schedule_reopen()
+            elif not reading.partial:
+                self._backoff = 0.0
+            return GpuSnapshot(
+                tuple(reading.devices),
+                tuple(reading.processes),
+                tuple(reading.errors),
+                reading.partial,
+            )
+
+    def close(self) -> None:
+        """Shut NVML down if it is open; a later snapshot opens it again, without waiting."""
+        with self._lock:
+            self._shutdown()
+            self._backoff = 0.0
+            self._retry_at = 0.0
+            self._reopen_at = None
+
+    # -- one device ------------------------------------------------------------------------
+
+    def _read_device(self, index: int, processes: bool, reading: _Reading) -> None:
+        library = self._library
+        try:
+            handle = library.device_handle(index)
+            uuid = library.uuid(handle)
+            name = self._names.get(uuid)
+            if name is None:
+                name = self._names[uuid] = library.name(handle)
+        except NvmlError as error:
+            reading.failed(f"device {index}: {error}", error)
+            return
+        try:
+            total, used = library.memory(handle)
+        except NvmlError as error:
+            if error.code != ERROR_NOT_SUPPORTED:
+                reading.failed(f"device {index}: {error}", error)
+                return
+            # Unified-memory parts (GB10) have no framebuffer figures; the device still
+            # exists and runs processes, so keep it, as nvidia-smi's [N/A] does.
+            reading.errors.append(f"device {index}: memory not reported ({error})")
+            total, used = 0, None
+        if total is None:
+            reading.errors.append(f"device {index}: total memory not reported")
+            total = 0
+        reading.devices.append(Device(index, uuid, name, total, used))
+        if processes:
+            self._read_processes(handle, index, uuid, reading)
+
+    def _read_processes(
+        self, handle: ctypes.c_void_p, index: int, uuid: str, reading: _Reading
+    ) -> None:
+        """Compute and MPS processes of one device, each pid once (with its known memory)."""
+        by_pid: dict[int, GpuProcess] = {}
+        for kind, label in (("Compute", "compute"), ("MPSCompute", "MPS")):
+            try:
+                records = self._library.processes(handle, kind, uuid)
+            except NvmlError as error:
+                if kind == "MPSCompute" and error.code in (
+                    ERROR_NOT_SUPPORTED,
+                    ERROR_FUNCTION_NOT_FOUND,
+                ):
+                    continue  # no MPS here: nothing is missing
+                reading.failed(f"device {index}: cannot list {label} processes: {error}", error)
                 continue
-            for pid, used in infos:
-                pid = int(pid or 0)
-                if pid in GARBAGE_PIDS or pid < 0:
+            for pid, used in records:
+                if not valid_pid(pid):
+                    reading.failed(f"device {index}: NVML reports a process with pid {pid}")
                     continue
-                used = None if used is None or int(used) >= _NOT_AVAILABLE else int(used)
                 previous = by_pid.get(pid)
                 if previous is not None and (used is None or previous.used_memory is not None):
                     continue
                 by_pid[pid] = GpuProcess(pid, index, uuid, used)
-        return list(by_pid.values())
+        reading.processes.extend(by_pid.values())
 
-    def _direct_query(
-        self, kind: str, handle: Any, uuid: str
-    ) -> list[tuple[int, int]] | None:
-        """The process list read straight into a ctypes buffer; None when not possible here.
+    # -- opening, losing and reopening NVML --------------------------------------------------
 
-        pynvml asks twice per call (once for the count, once for the records) and turns each
-        record into a Python object through ``__getattribute__`` hooks; with thousands of GPU
-        processes that was most of the daemon's time. Sized from the previous answer, the
-        buffer is nearly always big enough for one call, and the records are unpacked in bulk.
-        """
-        function = self._direct_call(kind, handle)
-        if function is None:
-            return None
-        key = (kind, uuid)
-        capacity = self._capacity.get(key, _FIRST_CAPACITY)
-        for _ in range(_ATTEMPTS):
-            count = ctypes.c_uint(capacity)
-            records = (_ProcessRecord * capacity)()
-            status = function(handle, ctypes.byref(count), records)
-            if status == _NVML_ERROR_INSUFFICIENT_SIZE and count.value > capacity:
-                capacity = self._capacity[key] = count.value * 2 + 5  # as pynvml sizes it
-                continue
-            if status != _NVML_SUCCESS:
-                raise pynvml.NVMLError(status)
-            found = min(count.value, capacity)
-            self._capacity[key] = max(_FIRST_CAPACITY, found * 2 + 5)
-            data = ctypes.string_at(records, found * _RECORD.size)
-            return [(pid, used) for pid, used, _, _ in _RECORD.iter_unpack(data)]
-        raise pynvml.NVMLError(_NVML_ERROR_INSUFFICIENT_SIZE)  # it kept growing: next cycle
-
-    def _direct_call(self, kind: str, handle: Any) -> Any:
-        """The C function behind ``kind``'s ``_v3`` list, when ``handle`` is a real NVML handle
-        (not a test's stand-in object) and the driver has it."""
-        device_type = getattr(pynvml, "c_nvmlDevice_t", None)
-        if device_type is None or not isinstance(handle, device_type):
-            return None
-        if kind not in self._direct_calls:
-            self._direct_calls[kind] = None
-            lookup = getattr(pynvml, "_nvmlGetFunctionPointer", None)
-            if lookup is not None and ctypes.sizeof(_ProcessRecord) == _RECORD.size:
-                with contextlib.suppress(Exception):  # missing: pynvml's own calls instead
-                    self._direct_calls[kind] = lookup(_DIRECT_CALLS[kind])
-        return self._direct_calls[kind]
-
-    def _query(self, kind: str, handle: Any) -> Any:
-        """Call ``nvmlDeviceGet<kind>RunningProcesses``, falling back to ``_v2`` for old drivers.
-
-        The variant that answered is remembered. ``_NoVariant`` means the driver has none.
-        """
-        call = self._process_calls.get(kind)
-        if call is not None:
-            return call(handle)
-        base = f"nvmlDeviceGet{kind}RunningProcesses"
-        for name in (base, f"{base}_v2"):
-            function = getattr(pynvml, name, None)
-            if function is None:
-                continue
-            try:
-                result = function(handle)
-            except Exception as error:
-                if _is(error, "NVMLError_FunctionNotFound", "NVMLLibraryMismatchError"):
-                    continue
-                raise
-            self._process_calls[kind] = function
-            return result
-        raise _NoVariant(f"the driver has no {base}")
-
-    def close(self) -> None:
-        """``nvmlShutdown`` if this object initialised NVML; a later snapshot re-opens it."""
-        with self._lock:
-            if not self._initialized:
+    def _ensure_open(self) -> None:
+        now = self._clock()
+        if self._open:
+            if self._reopen_at is None or now < self._reopen_at:
                 return
-            self._initialized = False
-            self._names.clear()
-            self._process_calls.clear()
-            self._direct_calls.clear()
-            self._capacity.clear()
-            # Nothing useful to tell the user when shutdown fails.
-            with contextlib.suppress(Exception):
-                pynvml.nvmlShutdown()
+            self._shutdown()
+        if now < self._retry_at:
+            raise BackendError(
+                f"{self._failure}; NVML is tried again in {self._retry_at - now:.0f} s"
+            )
+        try:
+            self._library.init()
+        except NvmlError as error:
+            message = init_error_message(error)
+            self._fail(message)
+            raise BackendError(message) from None
+        self._open = True
+        self._reopen_at = None
+
+    def _grow_backoff(self) -> float:
+        self._backoff = min(max(FIRST_BACKOFF_S, 2 * self._backoff), MAX_BACKOFF_S)
+        return self._backoff
+
+    def _fail(self, why: str) -> None:
+        """NVML could not be opened: wait a while before the next attempt."""
+        self._retry_at = self._clock() + self._grow_backoff()
+        self._failure = why
+
+    def _lose(self, why: str) -> None:
+        """The driver went away: shut NVML down, open it again after the back-off."""
+        self._shutdown()
+        self._fail(why)
+
+    def _schedule_reopen(self) -> None:
+        """A device was lost, others still answer: keep reading them, reopen NVML later."""
+        if self._reopen_at is None:
+            self._reopen_at = self._clock() + self._grow_backoff()
+
+    def _shutdown(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._names.clear()
+        self._library.forget()
+        with contextlib.suppress(NvmlError):  # the driver is gone already: nothing to release
+            self._library.shutdown()
+
+
+class _Reading:
+    """What one snapshot has read so far."""
+
+    def __init__(self) -> None:
+        self.devices: list[Device] = []
+        self.processes: list[GpuProcess] = []
+        self.errors: list[str] = []
+        self.partial = False
+        self.lost = False
+
+    def failed(self, line: str, error: NvmlError | None = None) -> None:
+        """Something could not be read: what it would have shown is unknown."""
+        self.errors.append(line)
+        self.partial = True
+        if error is not None and error.driver_lost:
+            self.lost = True

@@ -8,7 +8,6 @@ folder. Nothing outside a temporary folder is touched.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -46,10 +45,9 @@ class Demo:
         self.write_machine()
 
     def write_machine(self) -> None:
-        data = {"devices": self.devices, "processes": self.gpu_processes}
-        temporary = self.machine.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, indent=2))
-        temporary.replace(self.machine)
+        from genv.backends.machine_file import write_machine
+
+        write_machine(self.machine, self.devices, self.gpu_processes)
 
     def say(self, line: str = "") -> None:
         print(line, flush=True)

@@ -1,0 +1,319 @@
+"""NVML's C functions, the one path from genv to the driver.
+
+nvidia-ml-py (``pynvml``) loads ``libnvidia-ml.so.1`` and finds its functions
+(``_LoadNvmlLibrary``, ``_nvmlGetFunctionPointer``); every call, its structures and its
+answer are handled here, so the code that runs on a GPU server is the code the tests run
+(they put a fake library under that lookup, or load the stand-in ``libnvidia-ml.so.1``).
+
+The process lists are what the enforcer acts on, so they get the care the driver asks for:
+
+- the function version is negotiated once: ``_v3``, else ``_v2`` (both with nvml.h's 24-byte
+  ``nvmlProcessInfo_t``), else the original (16-byte ``nvmlProcessInfo_v1_t``);
+- the two-call protocol: the list can grow between the calls, so ``INSUFFICIENT_SIZE`` is
+  answered with a bigger buffer, a few times; the buffer is sized from the last answer, so
+  one call is usually enough;
+- garbage pids (0, 4294967295: a binding that does not match the driver) are dropped and
+  "not available" memory (2**64 - 1) becomes None;
+- counts beyond any real machine are an error, not an allocation.
+
+Importing this module never touches the driver.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import pynvml
+except ImportError:  # pragma: no cover - nvidia-ml-py is a declared dependency
+    pynvml = None
+
+# nvml.h's return codes that genv tells apart.
+SUCCESS = 0
+ERROR_UNINITIALIZED = 1
+ERROR_NOT_SUPPORTED = 3
+ERROR_NO_PERMISSION = 4
+ERROR_INSUFFICIENT_SIZE = 7
+ERROR_DRIVER_NOT_LOADED = 9
+ERROR_LIBRARY_NOT_FOUND = 12
+ERROR_FUNCTION_NOT_FOUND = 13
+ERROR_GPU_IS_LOST = 15
+ERROR_LIB_RM_VERSION_MISMATCH = 18
+ERROR_UNKNOWN = 999
+
+# Errors after which the driver (or the whole device) has to be opened again: NVML was shut
+# down under us, the kernel module went away or was replaced, a GPU fell off the bus.
+DRIVER_LOST = frozenset(
+    {
+        ERROR_UNINITIALIZED,
+        ERROR_DRIVER_NOT_LOADED,
+        ERROR_GPU_IS_LOST,
+        ERROR_LIB_RM_VERSION_MISMATCH,
+        ERROR_UNKNOWN,
+    }
+)
+
+_TEXTS = {
+    1: "Uninitialized",
+    2: "Invalid Argument",
+    3: "Not Supported",
+    4: "Insufficient Permissions",
+    5: "Already Initialized",
+    6: "Not Found",
+    7: "Insufficient Size",
+    8: "Insufficient External Power",
+    9: "Driver Not Loaded",
+    10: "Timeout",
+    11: "Interrupt Request Issue",
+    12: "NVML Shared Library Not Found",
+    13: "Function Not Found",
+    14: "Corrupted infoROM",
+    15: "GPU is lost",
+    16: "GPU requires restart",
+    17: "The operating system has blocked the request.",
+    18: "RM has detected an NVML/RM version mismatch.",
+    19: "In use by another client",
+    20: "Insufficient Memory",
+    21: "No data",
+    25: "Argument version mismatch",
+    27: "Not Ready",
+    28: "GPU not found",
+    29: "Invalid state",
+    999: "Unknown Error",
+}
+
+GARBAGE_PIDS = frozenset({0, 0xFFFFFFFF})
+NOT_AVAILABLE = 2**64 - 1
+MAX_DEVICES = 1024  # NVML handles 64 today; more is a driver (or binding) answering nonsense
+MAX_RECORDS = 1 << 16  # per device and list; ~1.5 MiB of buffer
+_ATTEMPTS = 4  # buffers grown for a list that keeps growing, before trying next snapshot
+_TEXT_BUFFER = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_DEVICE_NAME_V2_BUFFER_SIZE
+
+
+def describe(code: int) -> str:
+    """NVML's text for a return code (as ``nvmlErrorString``, without calling the driver)."""
+    return _TEXTS.get(code, f"NVML error {code}")
+
+
+class NvmlError(Exception):
+    """A driver call failed (``code`` from nvml.h), or answered what no driver would (None)."""
+
+    def __init__(self, code: int | None, call: str, detail: str | None = None) -> None:
+        super().__init__(code, call, detail)
+        self.code = code
+        self.call = call
+        self.detail = detail
+
+    @property
+    def driver_lost(self) -> bool:
+        """Whether NVML has to be shut down and opened again (the driver went away)."""
+        return self.code in DRIVER_LOST
+
+    def __str__(self) -> str:
+        text = self.detail or (describe(self.code) if self.code is not None else "failed")
+        return f"{text} ({self.call})"
+
+
+class _ProcessInfo(ctypes.Structure):
+    """``nvmlProcessInfo_t``: the record of the ``_v2`` and ``_v3`` process lists."""
+
+    _fields_ = [
+        ("pid", ctypes.c_uint),
+        ("usedGpuMemory", ctypes.c_ulonglong),
+        ("gpuInstanceId", ctypes.c_uint),
+        ("computeInstanceId", ctypes.c_uint),
+    ]
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    """``nvmlProcessInfo_v1_t``: the record of the original process lists."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+class _Memory(ctypes.Structure):
+    """``nvmlMemory_t``."""
+
+    _fields_ = [
+        ("total", ctypes.c_ulonglong),
+        ("free", ctypes.c_ulonglong),
+        ("used", ctypes.c_ulonglong),
+    ]
+
+
+# The records unpacked in bulk (a Python object per field through ctypes is the slow part
+# with thousands of processes); the layouts are checked against the structures at import.
+_UNPACK = {_ProcessInfo: struct.Struct("@IQII"), _ProcessInfoV1: struct.Struct("@IQ")}
+for _record, _layout in _UNPACK.items():
+    if ctypes.sizeof(_record) != _layout.size:  # pragma: no cover - an unusual ABI
+        raise ImportError(f"{_record.__name__} is {ctypes.sizeof(_record)} bytes here")
+
+# The process lists, best version first: (function name, record).
+PROCESS_LISTS: dict[str, tuple[tuple[str, type[ctypes.Structure]], ...]] = {
+    kind: (
+        (f"nvmlDeviceGet{kind}RunningProcesses_v3", _ProcessInfo),
+        (f"nvmlDeviceGet{kind}RunningProcesses_v2", _ProcessInfo),
+        (f"nvmlDeviceGet{kind}RunningProcesses", _ProcessInfoV1),
+    )
+    for kind in ("Compute", "MPSCompute")
+}
+
+Record = tuple[int, int | None]  # (pid, used bytes or None when not available)
+
+
+class NvmlLibrary:
+    """The driver calls genv makes, each a C function found through pynvml's lookup.
+
+    Not thread-safe by itself: the backend calls it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[str, Callable[..., int]] = {}
+        self._chosen: dict[tuple[str, ...], tuple[str, Callable[..., int]]] = {}
+        self._lists: dict[str, tuple[str, Callable[..., int], type[ctypes.Structure]]] = {}
+        self._capacity: dict[tuple[str, str], int] = {}
+
+    # -- finding functions ---------------------------------------------------------------
+
+    def _function(self, name: str) -> Callable[..., int]:
+        function = self._functions.get(name)
+        if function is None:
+            if pynvml is None:
+                raise NvmlError(ERROR_LIBRARY_NOT_FOUND, name, "nvidia-ml-py is not installed")
+            try:
+                function = pynvml._nvmlGetFunctionPointer(name)
+            except pynvml.NVMLError as error:
+                raise NvmlError(_code(error), name) from None
+            self._functions[name] = function
+        return function
+
+    def _first(self, *names: str) -> tuple[str, Callable[..., int]]:
+        """The first of ``names`` the library has (newer versions first), found once."""
+        chosen = self._chosen.get(names)
+        if chosen is None:
+            for name in names[:-1]:
+                try:
+                    chosen = (name, self._function(name))
+                    break
+                except NvmlError as error:
+                    if error.code != ERROR_FUNCTION_NOT_FOUND:
+                        raise
+            else:
+                chosen = (names[-1], self._function(names[-1]))
+            self._chosen[names] = chosen
+        return chosen
+
+    def _call(self, names: tuple[str, ...], *arguments: Any) -> None:
+        name, function = self._first(*names)
+        code = function(*arguments)
+        if code != SUCCESS:
+            raise NvmlError(int(code), name)
+
+    # -- the calls -----------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Load the library (once per process) and ``nvmlInit``."""
+        if pynvml is None:
+            raise NvmlError(ERROR_LIBRARY_NOT_FOUND, "nvmlInit", "nvidia-ml-py is not installed")
+        try:
+            pynvml._LoadNvmlLibrary()
+        except pynvml.NVMLError as error:
+            raise NvmlError(_code(error), "nvmlInit") from None
+        except OSError as error:
+            raise NvmlError(ERROR_LIBRARY_NOT_FOUND, "nvmlInit", str(error)) from None
+        self.forget()
+        self._call(("nvmlInit_v2", "nvmlInit"))
+
+    def shutdown(self) -> None:
+        self._call(("nvmlShutdown",))
+
+    def forget(self) -> None:
+        """Drop what was learnt about the driver (versions, buffer sizes): it may be new."""
+        self._chosen.clear()
+        self._lists.clear()
+        self._capacity.clear()
+
+    def device_count(self) -> int:
+        count = ctypes.c_uint(0)
+        self._call(("nvmlDeviceGetCount_v2", "nvmlDeviceGetCount"), ctypes.byref(count))
+        if count.value > MAX_DEVICES:
+            raise NvmlError(None, "nvmlDeviceGetCount", f"{count.value} GPUs reported")
+        return count.value
+
+    def device_handle(self, index: int) -> ctypes.c_void_p:
+        handle = ctypes.c_void_p()
+        names = ("nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex")
+        self._call(names, ctypes.c_uint(index), ctypes.byref(handle))
+        return handle
+
+    def uuid(self, handle: ctypes.c_void_p) -> str:
+        return self._text("nvmlDeviceGetUUID", handle)
+
+    def name(self, handle: ctypes.c_void_p) -> str:
+        return self._text("nvmlDeviceGetName", handle)
+
+    def _text(self, name: str, handle: ctypes.c_void_p) -> str:
+        buffer = ctypes.create_string_buffer(_TEXT_BUFFER + 1)  # a NUL even if NVML fills 96
+        self._call((name,), handle, buffer, ctypes.c_uint(_TEXT_BUFFER))
+        return buffer.value.decode("utf-8", errors="replace")
+
+    def memory(self, handle: ctypes.c_void_p) -> tuple[int | None, int | None]:
+        """(total, used) bytes of the framebuffer; None where NVML says "not available"."""
+        memory = _Memory()
+        self._call(("nvmlDeviceGetMemoryInfo",), handle, ctypes.byref(memory))
+        return _available(memory.total), _available(memory.used)
+
+    def processes(self, handle: ctypes.c_void_p, kind: str, device: str) -> list[Record]:
+        """The ``Compute`` or ``MPSCompute`` processes of a device (``device``: its uuid, the
+        key under which the buffer size is remembered), garbage dropped."""
+        name, function, record = self._list(kind)
+        key = (kind, device)
+        capacity = self._capacity.get(key, 0)
+        for _ in range(_ATTEMPTS):
+            count = ctypes.c_uint(capacity)
+            buffer = (record * capacity)() if capacity else None
+            code = function(handle, ctypes.byref(count), buffer)
+            if code == SUCCESS:
+                found = min(count.value, capacity)
+                self._capacity[key] = min(found + found // 4 + 8, MAX_RECORDS) if found else 0
+                return _records(buffer, found, record) if found and buffer is not None else []
+            if code != ERROR_INSUFFICIENT_SIZE:
+                raise NvmlError(int(code), name)
+            wanted = count.value
+            if wanted > MAX_RECORDS:
+                raise NvmlError(None, name, f"{wanted} processes reported")
+            # Room for processes that start before the next call.
+            capacity = min(max(wanted, capacity) + max(wanted, capacity) // 4 + 8, MAX_RECORDS)
+        raise NvmlError(ERROR_INSUFFICIENT_SIZE, name, "the list kept growing")
+
+    def _list(self, kind: str) -> tuple[str, Callable[..., int], type[ctypes.Structure]]:
+        """The version of ``kind``'s process list this library has, found once."""
+        chosen = self._lists.get(kind)
+        if chosen is None:
+            variants = PROCESS_LISTS[kind]
+            name, function = self._first(*(name for name, _ in variants))
+            record = dict(variants)[name]
+            chosen = self._lists[kind] = (name, function, record)
+        return chosen
+
+
+def _code(error: BaseException) -> int:
+    value = getattr(error, "value", None)
+    return value if isinstance(value, int) else ERROR_UNKNOWN
+
+
+def _available(value: int) -> int | None:
+    return None if value >= NOT_AVAILABLE else int(value)
+
+
+def _records(buffer: Any, found: int, record: type[ctypes.Structure]) -> list[Record]:
+    layout = _UNPACK[record]
+    data = ctypes.string_at(buffer, found * layout.size)
+    return [
+        (fields[0], None if fields[1] >= NOT_AVAILABLE else fields[1])
+        for fields in layout.iter_unpack(data)
+        if fields[0] not in GARBAGE_PIDS
+    ]
