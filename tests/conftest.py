@@ -13,7 +13,7 @@
 - ``new_env``: an environment kept alive by a sleeper, created through the command line.
 
 Test users cannot run root's Python when it lives under /root (mode 0700), so their ``genv``
-runs a Python they can reach, on a copy of the ``genv`` and ``psutil`` packages in a folder
+runs a Python they can reach, on a copy of the ``genv`` package in a folder
 they can read (``user_runtime``).
 """
 
@@ -184,8 +184,6 @@ def _python_candidates() -> list[str]:
 @pytest.fixture(scope="session")
 def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
     """Copy genv and its runtime dependencies where users can read them; pick a Python."""
-    import psutil
-
     import genv
 
     site = Path(tempfile.mkdtemp(prefix="genvtest-site-", dir="/tmp"))
@@ -193,7 +191,6 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
         site.chmod(0o755)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(_package_dir(genv), site / "genv", ignore=ignore)
-        shutil.copytree(_package_dir(psutil), site / "psutil", ignore=ignore)
         with contextlib.suppress(ImportError):
             import pynvml
 
@@ -205,7 +202,7 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
                 path = os.path.join(folder, name)
                 executable = os.stat(path).st_mode & 0o111
                 os.chmod(path, 0o755 if executable else 0o644)  # shims stay executable
-        probe = "import genv.cli.main, genv.store, genv.backends.fake, psutil; psutil.Process()"
+        probe = "import genv.cli.main, genv.store, genv.backends.fake"
         reasons = []
         for python in _python_candidates():
             try:

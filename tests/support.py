@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
 # -- state files written by hand -------------------------------------------------------------
 
 

@@ -6,6 +6,10 @@ Every call goes through ``nvml_binding``, the path that runs on GPU servers.
 from __future__ import annotations
 
 import pytest
+
+from genv.backends.base import BackendError
+from genv.backends.nvml import FIRST_BACKOFF_S, MAX_BACKOFF_S, NvmlBackend
+
 from nvml_fakes import (
     ALL_LISTS,
     DRIVER_NOT_LOADED,
@@ -21,9 +25,6 @@ from nvml_fakes import (
     FakeDriver,
     FakeGpu,
 )
-
-from genv.backends.base import BackendError
-from genv.backends.nvml import FIRST_BACKOFF_S, MAX_BACKOFF_S, NvmlBackend
 
 DRIVER_ERRORS = {
     "Uninitialized": UNINITIALIZED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import genv.backends.select as select
+import genv.backends.choose as select
 from genv.backends import open_backend
 from genv.backends.base import BackendError
 from genv.backends.fake import FakeBackend

@@ -5,6 +5,10 @@ from __future__ import annotations
 import ctypes
 
 import pytest
+
+from genv.backends import nvml_binding
+from genv.backends.nvml_binding import MAX_RECORDS, NvmlError, NvmlLibrary
+
 from nvml_fakes import (
     ALL_LISTS,
     FUNCTION_NOT_FOUND,
@@ -17,9 +21,6 @@ from nvml_fakes import (
     FakeDriver,
     FakeGpu,
 )
-
-from genv.backends import nvml_binding
-from genv.backends.nvml_binding import MAX_RECORDS, NvmlError, NvmlLibrary
 
 
 @pytest.fixture

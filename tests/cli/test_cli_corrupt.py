@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from genv.domain.models import Environment
-from support import encode_records, start_of
+
+from support import encode_records
 
 BYSTANDER = 40001  # a uid with no passwd entry whose (valid) file must survive untouched
 

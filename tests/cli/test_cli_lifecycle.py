@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-
 import time
 
 from genv.domain.models import Attachment, Environment, RegisteredProcess
+
 from support import encode_records, start_of
 
 

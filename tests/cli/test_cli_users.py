@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-
 import time
+
 import pytest
 
 from genv.domain.models import Attachment, Environment, RegisteredProcess
+
 from support import encode_records, start_of
 
 

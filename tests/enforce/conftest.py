@@ -7,8 +7,8 @@
   given environment variables; reaped, so that terminated ones do not linger as zombies.
 - ``genv``: runs ``genv`` as a subprocess against that machine and state folder, as a
   one-shot command or as a background daemon; or as another user in a forked child.
-- ``users``: the Linux users genvenf_alice and genvenf_bob, created for the session (root
-  only; tests that need them are skipped otherwise).
+- ``users``: the session's two real Linux users (``linux_users`` of tests/conftest.py), by
+  role (root only; tests that need them are skipped otherwise).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -32,8 +31,8 @@ import pytest
 from genv.backends.machine_file import write_machine
 
 IS_ROOT = os.geteuid() == 0
-ALICE = "genvenf_alice"
-BOB = "genvenf_bob"
+ALICE = "alice"
+BOB = "bob"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -48,49 +47,13 @@ class User:
     gid: int
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _userdel(name: str) -> None:
-    if not _user_exists(name):
-        return
-    done = subprocess.run(["userdel", name], capture_output=True)
-    if done.returncode != 0:
-        subprocess.run(["userdel", "-f", name], capture_output=True)
-
-
 @pytest.fixture(scope="session")
-def users():
-    """genvenf_alice and genvenf_bob, created without home folders and removed at the end."""
-    if not IS_ROOT:
-        pytest.skip("creating Linux users needs root")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("useradd/userdel are not available")
-    created = []
-    try:
-        for name in (ALICE, BOB):
-            _userdel(name)  # left over from an interrupted run
-            done = subprocess.run(["useradd", "-M", "-N", name], capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.skip(f"useradd {name} failed: {done.stderr.strip()}")
-            created.append(name)
-        made = {}
-        for name in created:
-            entry = pwd.getpwnam(name)
-            made[name] = User(name, entry.pw_uid, entry.pw_gid)
-        # pwd lookups are cached by genv.system.users; forget misses from before
-        from genv.system import users as genv_users
+def users(linux_users):
+    """The session's two real users (tests/conftest.py's ``linux_users``), by role."""
+    from genv.system import users as genv_users
 
-        genv_users.forget()
-        yield made
-    finally:
-        for name in created:
-            _userdel(name)
+    genv_users.forget()  # names looked up before they existed
+    return {ALICE: linux_users.alice, BOB: linux_users.bob}
 
 
 @pytest.fixture
@@ -313,8 +276,8 @@ class Daemon:
 def _preload_genv() -> None:
     """Import what ``genv enforce`` needs, so that a forked child that gave up root (and with
     it the interpreter's folder, which may be private) needs no further imports."""
+    import genv.backends.choose  # noqa: F401
     import genv.backends.fake  # noqa: F401
-    import genv.backends.select  # noqa: F401
     import genv.cli.enforce  # noqa: F401
     import genv.cli.main
     import genv.enforce.daemon  # noqa: F401

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-from support import wait_environ
 
 from genv.backends.fake import FakeBackend
 from genv.enforce.daemon import Enforcer
@@ -20,6 +19,8 @@ from genv.enforce.report import Reporter
 from genv.enforce.rules import RuleConfig
 from genv.store import Store
 from genv.system.watch import ProcessWatcher
+
+from support import wait_environ
 
 
 @pytest.fixture

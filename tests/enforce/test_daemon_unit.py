@@ -8,7 +8,7 @@ import json
 import logging
 
 from genv.domain.models import GpuSnapshot
-from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, Observation, Usage
+from genv.domain.observation import Membership, Observation, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.daemon import Enforcer
 from genv.enforce.executor import Detacher, Terminator
 from genv.enforce.findings import Finding, Termination

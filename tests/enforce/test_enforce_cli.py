@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from enforce_helpers import IGNORES_SIGTERM, not_in_env, terminating
 
 HEADER = "ID      ENV ID      ENV NAME        ATTACHED"

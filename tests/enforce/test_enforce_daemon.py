@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from enforce_helpers import IGNORES_SIGTERM, not_in_env
 
 

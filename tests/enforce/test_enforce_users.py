@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from enforce_helpers import terminating
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (other users' processes)")

@@ -8,11 +8,12 @@ import signal
 import sys
 
 import pytest
-from support import start_of
 
 from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.executor import Outcome, Terminator
 from genv.enforce.findings import Termination
+
+from support import start_of
 
 IGNORES_SIGTERM = (
     "import signal, time\n"

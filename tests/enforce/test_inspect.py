@@ -9,6 +9,7 @@ import pytest
 
 from genv.system import processes
 from genv.system.process_facts import ProcessInspector
+
 from support import wait_environ
 
 

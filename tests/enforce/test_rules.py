@@ -5,9 +5,9 @@ from __future__ import annotations
 from genv.domain.models import Attachment, Device, EnvConfig, Environment, RegisteredProcess
 from genv.domain.observation import (
     Membership,
+    Observation,
     ObservedProcess,
     ProcessFacts,
-    Observation,
     Usage,
     resolve,
 )

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from support import wait_cmdline
-
 from genv.system import kernels, procfs
 from genv.system.kernels import KernelTracker
+
+from support import wait_cmdline
 
 ROOT = 0
 

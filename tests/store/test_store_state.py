@@ -22,6 +22,7 @@ import pytest
 from genv.domain.models import Attachment, Environment, RegisteredProcess, UserRecords
 from genv.store import NotFound, PermissionRefused, StateError, Store, codec, safefs
 from genv.system import procfs
+
 from support import wait_cmdline
 
 

@@ -327,7 +327,8 @@ def _restore(script: Script, state: dict, session: ModuleType) -> None:
     PATH and the prompt return to their exact old values when they are still what activation
     made them; otherwise only the shims entry and the ``(genv)`` prefix are taken out.
     """
-    saved = state.get("saved") if isinstance(state.get("saved"), dict) else {}
+    found = state.get("saved")
+    saved: dict = found if isinstance(found, dict) else {}
     for name in session.VARIABLES:
         value = saved.get(name)
         script.export(name, value if isinstance(value, str) else None)

@@ -162,8 +162,11 @@ def resolve(
                 f"it claims environment {eid}, and some state file could not be read",
             )
         if 0 in unusable_uids:
-            return (Membership.NO_ENV, None,
-                    f"it claims environment {eid}, but its owner's state file is unusable")
+            return (
+                Membership.NO_ENV,
+                None,
+                f"it claims environment {eid}, but its owner's state file is unusable",
+            )
         return Membership.NO_ENV, None, ""
     if facts.uid in unknown_uids:
         return (

@@ -54,8 +54,9 @@ class State:
     def hidden_uids(self) -> frozenset[int]:
         """Users whose records this reader cannot see, though they may exist (permissions, an
         I/O error); a corrupt file is no such case: nobody can see anything in it."""
-        return frozenset(p.uid for p in self.problems
-                         if p.uid is not None and (p.hidden or not p.owner_fault))
+        return frozenset(
+            p.uid for p in self.problems if p.uid is not None and (p.hidden or not p.owner_fault)
+        )
 
     @cached_property
     def unknown_uids(self) -> frozenset[int]:

@@ -188,11 +188,8 @@ def env_memory(snapshot: Observation, config: RuleConfig) -> list[Finding]:
             victims = _greedy(
                 _newest_first([p for p in on_device if p.memory_on(index) > 0]),
                 used - capacity,
-                lambda p, index=index: p.memory_on(index),
-                lambda p, freed, index=index, eid=env.eid: (
-                    f"it is the newest process of environment {eid} on device {index} "
-                    f"(frees {format_memory(freed)})"
-                ),
+                _memory_on(index),
+                _newest_of_env(env.eid, index),
                 ENV_MEMORY,
             )
             findings.append(
@@ -211,6 +208,31 @@ def env_memory(snapshot: Observation, config: RuleConfig) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _memory_on(index: int) -> Callable[[ObservedProcess], int]:
+    return lambda process: process.memory_on(index)
+
+
+def _total_memory(process: ObservedProcess) -> int:
+    return process.total_memory
+
+
+def _newest_of_env(eid: str, index: int) -> Callable[[ObservedProcess, int], str]:
+    def reason(process: ObservedProcess, freed: int) -> str:
+        return (
+            f"it is the newest process of environment {eid} on device {index} "
+            f"(frees {format_memory(freed)})"
+        )
+
+    return reason
+
+
+def _newest_of_user(username: str) -> Callable[[ObservedProcess, int], str]:
+    def reason(process: ObservedProcess, freed: int) -> str:
+        return f"it is the newest process of user {username} (frees {format_memory(freed)})"
+
+    return reason
 
 
 def _parse_capacity(text: str) -> int | None:
@@ -358,10 +380,8 @@ def max_memory_per_user(snapshot: Observation, config: RuleConfig) -> list[Findi
         victims = _greedy(
             _newest_first([p for p in processes if p.total_memory > 0]),
             used - limit,
-            lambda p: p.total_memory,
-            lambda p, freed, username=username: (
-                f"it is the newest process of user {username} (frees {format_memory(freed)})"
-            ),
+            _total_memory,
+            _newest_of_user(username),
             MAX_MEMORY_PER_USER,
         )
         findings.append(

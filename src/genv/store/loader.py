@@ -141,9 +141,13 @@ class Loader:
         loaded.files[uid] = name
         if not stat.S_ISREG(info.st_mode):
             self._problem(
-                loaded, path, uid,
+                loaded,
+                path,
+                uid,
                 f"is not a regular file, so its environments are ignored; its owner should "
-                f"remove it: rm -r {path}", True)
+                f"remove it: rm -r {path}",
+                True,
+            )
             return "used"
         if info.st_mode & 0o022:
             self._problem(

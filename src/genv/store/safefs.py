@@ -16,7 +16,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -243,12 +242,26 @@ def remove_planted(dir_fd: int, name: str) -> bool:
         return False
     try:
         if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(name, dir_fd=dir_fd)
+            _remove_tree(dir_fd, name)
         else:
             os.unlink(name, dir_fd=dir_fd)
     except OSError:
         return False
     return True
+
+
+def _remove_tree(dir_fd: int, name: str) -> None:
+    """Remove folder ``name`` and all in it, relative to descriptors only, following no link
+    (os.fwalk does not follow them), so that nothing planted inside redirects a removal."""
+    for _, folders, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd):
+        for entry in files:
+            os.unlink(entry, dir_fd=fd)
+        for entry in folders:
+            try:
+                os.rmdir(entry, dir_fd=fd)
+            except NotADirectoryError:  # a link to a folder is listed as a folder
+                os.unlink(entry, dir_fd=fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int | None:

@@ -61,8 +61,12 @@ class Store:
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
-        return Loader(self.root, procfs.boot_id(), remove_planted=self._is_root(),
-                      legacy_start=processes.legacy_start)
+        return Loader(
+            self.root,
+            procfs.boot_id(),
+            remove_planted=self._is_root(),
+            legacy_start=processes.legacy_start,
+        )
 
     def _is_root(self) -> bool:
         """Root, by right and in fact: only then are other users' planted names removed."""

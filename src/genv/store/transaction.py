@@ -10,6 +10,7 @@ writing theirs, so no user can stall root.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -232,9 +233,9 @@ class Transaction:
 
     def revoke(
         self,
-        attachments: list[Attachment] = (),  # type: ignore[assignment]
-        environments: list[Environment] = (),
-    ) -> None:  # type: ignore[assignment]
+        attachments: Sequence[Attachment] = (),
+        environments: Sequence[Environment] = (),
+    ) -> None:
         """Root takes back other users' attachments or whole environments (root's file)."""
         if self.uid != 0:
             raise PermissionRefused("permission denied: only root revokes; run it with sudo")
@@ -283,7 +284,7 @@ class Transaction:
 
     def _live_revocations(self) -> list[Revocation]:
         """Revocations whose target is still in its owner's file; the others are done."""
-        targets = set()
+        targets: set[tuple[int, str, int | None, float]] = set()
         for records in self._raw.values():
             for env in records.environments:
                 targets.add((env.uid, env.eid, None, env.creation))

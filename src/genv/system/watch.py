@@ -50,9 +50,9 @@ class ProcessWatcher:
             ready = self._poll.poll(0)
             dropped = 0
             for fd, _ in ready:
-                key = self._by_fd.get(fd)
-                if key is not None:
-                    self._drop(key)
+                found = self._by_fd.get(fd)
+                if found is not None:
+                    self._drop(found)
                     dropped += 1
             if len(ready) < _READY_BATCH or not dropped:
                 return
