@@ -76,3 +76,33 @@ def test_readers_never_see_half_a_file(fake_machine, run_genv, genv_popen, new_e
     for rc, out, err in wait_all(readers):
         assert (rc, err) == (0, "")
         json.loads(out)
+
+
+def test_attaches_of_several_users_at_once_never_share_a_device(
+    linux_users, fake_machine, run_genv, genv_popen, new_env,
+) -> None:
+    """No lock is shared between users (one user could hold it forever): each claims in its
+    own file and checks again. Four devices, twelve environments of three users, all at once,
+    several rounds: every device ends up with exactly one environment."""
+    alice, bob = linux_users
+    owners = [None, alice, bob] * 4
+    envs = [(f"m{i}", owner) for i, owner in enumerate(owners)]
+    for eid, owner in envs:
+        new_env(eid, user=owner)
+    for round_ in range(3):
+        processes = [genv_popen("devices", "attach", "--eid", eid, "--count", "1", user=owner)
+                     for eid, owner in envs]
+        results = wait_all(processes)
+        for rc, out, err in results:
+            assert "Traceback" not in err
+            assert rc == 0 or ("available" in err and out == ""), (rc, out, err)
+        holders: dict[str, list[str]] = {}
+        for line in run_genv("devices", "query", "--query", "index", "eids").lines:
+            index, eids = line.split(",")
+            holders[index] = eids.split()
+        assert all(len(held) == 1 for held in holders.values()), (round_, holders)
+        winners = [eid for (eid, _), (rc, _, _) in zip(envs, results, strict=True) if rc == 0]
+        assert sorted(h[0] for h in holders.values()) == sorted(winners)
+        assert len(winners) == 4, (round_, results)
+        for eid, owner in envs:  # free the devices for the next round
+            assert run_genv("devices", "detach", "--eid", eid, user=owner).rc == 0

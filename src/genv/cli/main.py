@@ -39,7 +39,9 @@ class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line naming the command and what is wrong (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+        from genv.domain.validate import safe_text  # argparse quotes what was typed
+
+        self.exit(2, f"{self.prog}: {safe_text(message, 400)} (see: {self.prog} --help)\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -75,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if found is None:
             raise
         line, code = found
-        print(f"genv: {line}", file=sys.stderr)
+        from genv.domain.validate import safe_text
+
+        print(f"genv: {safe_text(line, 1000)}", file=sys.stderr)
         return code
 
 
