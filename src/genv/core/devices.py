@@ -41,6 +41,41 @@ def _occupants_of(state: State, env: Environment, devices: Sequence[Device]) -> 
     return seen
 
 
+def _choose(
+    devices: list[Device],
+    others: list[Attachment],
+    mine: set[int],
+    env: Environment,
+    count: int | None,
+    index: int | None,
+    over_subscribe: bool,
+) -> list[int]:
+    if index is not None:
+        allocation.check_index(devices, others, mine, index, env.config.gpu_memory, over_subscribe)
+        return sorted(mine | {index})
+    wanted = env.config.gpus if count is None else count
+    return allocation.choose_by_count(
+        devices,
+        others,
+        mine,
+        len(mine) if wanted is None else wanted,
+        env.config.gpu_memory,
+        over_subscribe,
+    )
+
+
+def _unknown_holders(state: State) -> str:
+    """Why devices may look taken: users whose file this caller cannot read."""
+    if state.holdings_published or not state.hidden_uids:
+        return ""
+    problem = state.problem_of(min(state.hidden_uids))
+    shown = problem.path if problem is not None else "a state file"
+    return (
+        f" ({shown} cannot be read here, so the devices its owner may hold are not given "
+        "out until root's genv enforce says which they are)"
+    )
+
+
 def attach(
     store: Store,
     eid: str,
@@ -59,23 +94,12 @@ def attach(
             env = tx.environment(env.eid)
             others = _occupants_of(tx.view(), env, devices)
             mine = set(tx.attached(env.eid))
-            if index is not None:
-                allocation.check_index(
-                    devices, others, mine, index, env.config.gpu_memory, over_subscribe
-                )
-                chosen = sorted(mine | {index})
-            else:
-                wanted = env.config.gpus if count is None else count
-                chosen = allocation.choose_by_count(
-                    devices,
-                    others,
-                    mine,
-                    len(mine) if wanted is None else wanted,
-                    env.config.gpu_memory,
-                    over_subscribe,
-                )
-                for extra in sorted(mine - set(chosen)):
-                    tx.detach(env.eid, extra)
+            try:
+                chosen = _choose(devices, others, mine, env, count, index, over_subscribe)
+            except allocation.AllocationError as error:
+                raise allocation.AllocationError(f"{error}{_unknown_holders(tx.view())}") from None
+            for extra in sorted(mine - set(chosen)):
+                tx.detach(env.eid, extra)
             new = [i for i in chosen if i not in mine]
             exclusive = []
             for i in new:
