@@ -553,3 +553,31 @@ def test_write_errors_are_one_line(shared_tmp: Path, monkeypatch: pytest.MonkeyP
         os.close(fd)
     assert "\n" not in str(caught.value)
     assert not [n for n in os.listdir(shared_tmp) if n.endswith(".tmp")]
+
+
+def test_a_reader_with_a_watcher_works_liveness_out_again_only_on_change(
+    state_dir: Path, sleeper: Sleeper, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's store follows registered processes by pidfd: an unchanged folder and no
+    exit means the same live state (no /proc read), and an exit or a write is seen at once."""
+    from genv.system.watch import ProcessWatcher
+
+    first, second = sleeper(), sleeper()
+    with store(state_dir).transaction() as tx:
+        tx.activate("e1", pid=first.pid)
+        tx.activate("e2", pid=second.pid)
+    watcher = ProcessWatcher()
+    reader = Store(state_dir, watcher=watcher)
+    state = reader.read()
+    assert sorted(e.eid for e in state.environments) == ["e1", "e2"]
+    reads = []
+    real = procfs.start_of
+    monkeypatch.setattr(procfs, "start_of", lambda pid: reads.append(pid) or real(pid))
+    assert reader.read() is state and reads == []  # nothing changed: nothing read
+    first.kill()
+    first.wait()
+    assert [e.eid for e in reader.read().environments] == ["e2"]  # the exit is seen at once
+    with store(state_dir).transaction() as tx:
+        tx.configure("e2", name="renamed")
+    assert [e.config.name for e in reader.read().environments] == ["renamed"]
+    watcher.close()

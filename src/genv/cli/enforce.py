@@ -164,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
-    from genv.system.kernels import KernelTracker
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
     library = logging.getLogger("genv")  # the daemon logs in its own format, not as warnings
@@ -197,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise_open_file_limit()  # the watcher holds one descriptor per process
         watcher = ProcessWatcher()
-        store = Store(alive=watcher.runs_as, kernels_alive=KernelTracker(watcher.is_running))
+        # The registered processes have a watcher of their own: the store asks about them
+        # only when something changed, the observer about GPU processes every cycle.
+        store = Store(watcher=ProcessWatcher())
     enforcer = Enforcer(
         Observer(open_backend(), store, watcher),
         config,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +30,14 @@ from genv.store.loader import Loaded, Loader
 from genv.store.locks import user_lock
 from genv.store.transaction import Transaction
 from genv.system import kernels, processes, procfs
+from genv.system.watch import ProcessWatcher
 
 log = logging.getLogger("genv.store")
 
 DEFAULT_STATE_DIR = safefs.DEFAULT_STATE_DIR
 OWN_LOCK_TIMEOUT = 30.0  # only the user's own commands can hold it
 OTHERS_LOCK_TIMEOUT = 2.0  # root acting for a user must not wait on that user for long
+LIVE_STATE_REUSE = 30.0  # seconds a reader with a watcher keeps an unchanged live state
 
 
 def state_dir_from_env() -> Path:
@@ -50,13 +53,22 @@ class Store:
         caller_uid: int | None = None,
         alive: ProcessAlive | None = None,
         kernels_alive: KernelsAlive | None = None,
+        watcher: ProcessWatcher | None = None,
     ) -> None:
-        """``alive`` and ``kernels_alive`` decide liveness (genv.domain.liveness); the daemon
-        passes cheaper ones that remember what they saw."""
+        """``alive`` and ``kernels_alive`` decide liveness (genv.domain.liveness). A reader
+        that asks every second (the daemon) passes a ``watcher`` of its own instead: the
+        registered processes are then followed by pidfd, and the live state is worked out
+        again only when a file changed or a watched process exited (and at least every
+        ``LIVE_STATE_REUSE`` seconds, so that a restarted Jupyter kernel is found again)."""
         self.root = Path(root) if root is not None else state_dir_from_env()
         self.caller_uid = os.getuid() if caller_uid is None else caller_uid
+        self._watcher = watcher
+        if watcher is not None:
+            alive = alive or watcher.runs_as
+            kernels_alive = kernels_alive or kernels.KernelTracker(watcher.is_running)
         self._alive = alive or processes.registered_alive
         self._kernels_alive = kernels_alive or kernels.running_kernels
+        self._reused: tuple[object, State, float] | None = None
         self._dir_fd: int | None = None
         self.loader = self._new_loader()
 
@@ -104,7 +116,24 @@ class Store:
 
     def read_with_records(self) -> tuple[State, Loaded]:
         loaded = self.loader.load(self._dir())
+        if self._watcher is None:
+            return live_state(loaded.records, loaded.problems, self._alive,
+                              self._kernels_alive), loaded
+        # The loader hands back the very same records objects for unchanged files.
+        key = (tuple((uid, id(r)) for uid, r in sorted(loaded.records.items())),
+               tuple(loaded.problems))
+        now = time.monotonic()
+        reused = self._reused
+        if (
+            reused is not None
+            and reused[0] == key
+            and now - reused[2] < LIVE_STATE_REUSE
+            and not self._watcher.any_exited()
+        ):
+            return reused[1], loaded
+        self._watcher.refresh()  # drop the exited, forget the no longer registered
         state = live_state(loaded.records, loaded.problems, self._alive, self._kernels_alive)
+        self._reused = (key, state, now)
         return state, loaded
 
     def publish_holdings(self, state: State) -> bool:

@@ -57,6 +57,11 @@ class ProcessWatcher:
             if len(ready) < _READY_BATCH or not dropped:
                 return
 
+    def any_exited(self) -> bool:
+        """Whether some watched process has exited since the last ``refresh`` (one system
+        call, nothing dropped): a reader may keep what it worked out while this is false."""
+        return bool(self._fds) and bool(self._poll.poll(0))
+
     def is_running(self, pid: int, started: int | None) -> bool:
         """Whether the process ``pid`` that started at ``started`` still runs."""
         if started is None:
