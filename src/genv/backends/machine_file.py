@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genv.domain.constants import MAX_DEVICES, MAX_START, NOT_AVAILABLE
 from genv.domain.memory import MemoryFormatError, parse_memory
 from genv.system import procfs
 
@@ -44,11 +45,7 @@ FLAT_MAGIC = "genv-machine-flat 1"
 TEXT_BYTES = 95
 # Far beyond any real machine; they bound the work and memory of every reader.
 MAX_FILE_BYTES = 16 * 1024 * 1024
-MAX_DEVICES = 4096
 MAX_PROCESSES = 1 << 20
-# NVML's "not available" for a 64-bit amount: no memory amount may reach it.
-NOT_AVAILABLE = 2**64 - 1
-MAX_START = 2**63 - 1
 _BOOT_ID = re.compile(r"[!-~]{1,63}")
 
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable, Sequence
 
 from genv.backends.base import BackendError
+from genv.domain.constants import GARBAGE_PIDS
+from genv.domain.memory import MIB
 from genv.domain.models import Device, GpuProcess, GpuSnapshot
 from genv.system.procfs import valid_pid
 
@@ -31,9 +33,7 @@ APPS_QUERY = (
     "--query-compute-apps=gpu_uuid,pid,used_gpu_memory",
     "--format=csv,noheader,nounits",
 )
-MIB = 1024**2
 # Pids a binding that does not match the driver reports; never act on them.
-GARBAGE_PIDS = frozenset({0, 4294967295})
 TIMEOUT_VAR = "GENV_NVIDIA_SMI_TIMEOUT"
 TIMEOUT_S = 10.0
 KILL_WAIT_S = 1.0  # how long a killed nvidia-smi may take to die before it is left behind

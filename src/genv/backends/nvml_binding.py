@@ -26,6 +26,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from genv.domain.constants import GARBAGE_PIDS, MAX_DEVICES, NOT_AVAILABLE
+
 try:
     import pynvml
 except ImportError:  # pragma: no cover - nvidia-ml-py is a declared dependency
@@ -85,9 +87,7 @@ _TEXTS = {
     999: "Unknown Error",
 }
 
-GARBAGE_PIDS = frozenset({0, 0xFFFFFFFF})
-NOT_AVAILABLE = 2**64 - 1
-MAX_DEVICES = 1024  # NVML handles 64 today; more is a driver (or binding) answering nonsense
+# NVML handles 64 devices today; more is a driver (or binding) answering nonsense.
 MAX_RECORDS = 1 << 16  # per device and list; ~1.5 MiB of buffer
 _ATTEMPTS = 4  # buffers grown for a list that keeps growing, before trying next snapshot
 _TEXT_BUFFER = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_DEVICE_NAME_V2_BUFFER_SIZE

@@ -9,6 +9,10 @@ BYPASS_VARIABLE = "GENV_BYPASS"
 
 # Pids that a binding which does not match the driver reports: never act on them.
 GARBAGE_PIDS = frozenset({0, 4294967295})
+# NVML's "value not available" for a 64-bit amount (memory of a process, under MPS or vGPU).
+NOT_AVAILABLE = 2**64 - 1
+# Starts (clock ticks since boot) fit a signed 64-bit number.
+MAX_START = 2**63 - 1
 
 # The largest pid Linux hands out (PID_MAX_LIMIT on 64-bit).
 PID_MAX = 4_194_304

@@ -16,6 +16,8 @@ MULTIPLIERS: dict[str, int] = {
     "gi": 1024**3,
 }
 
+MIB = MULTIPLIERS["mi"]
+
 _AMOUNT = re.compile(r"^\s*(\d+)\s*(b|k|m|g|ki|mi|gi)?\s*$", re.IGNORECASE)
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 import time
 
+from genv.domain.memory import MIB
 from genv.domain.models import Device
 from genv.smi.request import APP_FIELDS, GPU_FIELDS, Request
 from genv.smi.view import View, ViewProcess
 
-MIB = 1024**2
 NO_DEVICES = "No devices were found"
 NO_DEVICES_EXIT = 6  # what nvidia-smi exits with when it finds no device
 WIDTH = 89  # inside the table's borders, as nvidia-smi draws it

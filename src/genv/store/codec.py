@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from genv.domain import validate
+from genv.domain.constants import MAX_START
 from genv.domain.models import (
     Attachment,
     EnvConfig,
@@ -36,7 +37,6 @@ MAX_ATTACHMENTS = 4096
 MAX_REVOCATIONS = 65536
 MAX_HOLDINGS = 65536
 MAX_TIME = 2.0**34  # the year 2514: later than any real time, small enough to print
-MAX_START = 2**63 - 1
 _MAX_NUMBER_TEXT = 24
 
 LegacyStart = Callable[[int, float], "int | None"]

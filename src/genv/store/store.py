@@ -117,11 +117,14 @@ class Store:
     def read_with_records(self) -> tuple[State, Loaded]:
         loaded = self.loader.load(self._dir())
         if self._watcher is None:
-            return live_state(loaded.records, loaded.problems, self._alive,
-                              self._kernels_alive), loaded
+            return live_state(
+                loaded.records, loaded.problems, self._alive, self._kernels_alive
+            ), loaded
         # The loader hands back the very same records objects for unchanged files.
-        key = (tuple((uid, id(r)) for uid, r in sorted(loaded.records.items())),
-               tuple(loaded.problems))
+        key = (
+            tuple((uid, id(r)) for uid, r in sorted(loaded.records.items())),
+            tuple(loaded.problems),
+        )
         now = time.monotonic()
         reused = self._reused
         if (
