@@ -85,8 +85,8 @@ class Shell:
 
 def genv(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The plain genv command (no shell function), as a script would run it."""
-    return subprocess.run([sys.executable, "-m", "genv", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
+    return subprocess.run([sys.executable, "-m", "genv", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
 def attached(env: dict[str, str]) -> dict[int, list[str]]:

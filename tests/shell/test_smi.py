@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from genv.smi import request as smi
+
 from shellkit import with_genv_path
 
 REPO = Path(__file__).resolve().parents[2]

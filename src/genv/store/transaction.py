@@ -142,9 +142,7 @@ class Transaction:
                 if len(env.kernel_ids) >= codec.MAX_KERNELS_PER_ENV:
                     raise StateError(f"environment {eid} has too many kernels registered")
                 env = replace(env, kernel_ids=(*env.kernel_ids, kernel_id))
-        if username and env.username != username:
-            env = replace(env, username=username)
-        self._put(env)
+        self._put(env)  # (a name is given on creation only, as in genv 1.4.3)
         return env
 
     def deactivate(self, pid: int | None = None, kernel_id: str | None = None) -> list[str]:
