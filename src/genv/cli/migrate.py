@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     store = Store()
     outcome = migrate.migrate(store, _devices())
     if outcome is None:
-        print("genv: there is no state of genv 1.4.3 here; nothing to take over")
+        if store.legacy_taken_over():
+            print("genv 1.4.3's state was taken over already; there is nothing more to take over")
+        else:
+            print("there is no state of genv 1.4.3 here; nothing to take over")
         return 0
     if args.format == "json":
         print(json.dumps(outcome.as_json(), indent=2))

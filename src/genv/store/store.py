@@ -128,6 +128,10 @@ class Store:
         """Whether the folder holds genv 1.4.3's state that root has not taken over."""
         return legacy.pending(self._dir())
 
+    def legacy_taken_over(self) -> bool:
+        """Whether root has taken over 1.4.3's state in this folder already."""
+        return legacy.taken_over(self._dir())
+
     def legacy_state(self) -> legacy.LegacyState:
         return legacy.read(self._dir())
 
