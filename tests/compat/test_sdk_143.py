@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-import peers
 from genv import sdk
+
+import peers
 
 SURFACE = """
 import inspect, json, genv.sdk as s

@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 
-import peers
-COMMAND_TIMEOUT = 60
-USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 from genv.cli.migrate import NOT_TAKEN_OVER
 from genv.domain.observation import Membership, ProcessFacts, resolve
 from genv.store import Store
 
+import peers
 from support import wait_cmdline, wait_environ
 
 STANDINS = peers.REPO / "standins"
+COMMAND_TIMEOUT = 60
+USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _peer_site() -> Path:

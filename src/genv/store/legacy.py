@@ -7,8 +7,8 @@ any user may have written any of it. They are read here only so that root can ta
 (genv.core.migrate), and so that, until it has, a process claiming an environment they name
 is "could not tell" rather than "in no environment".
 
-Reading is bounded like genv.store.codec: size, counts, lengths, characters; an entry that
-breaks a rule is left out with a note, so that one bad entry cannot hide everyone else's
+Reading is bounded like genv.store.codec: size, counts, lengths, characters, digits; an
+entry that breaks a rule is left out with a note, so that one bad entry cannot hide everyone else's
 environments. Nothing here raises on any bytes.
 
 Once root has taken the files over it writes ``.genv-1.4.3-taken-over`` (root's, so no user
@@ -28,7 +28,7 @@ from typing import Any
 from genv.domain import constants, validate
 from genv.domain.models import EnvConfig
 from genv.store import safefs
-from genv.store.codec import RecordError, parse_json
+from genv.store.codec import RecordError
 
 ENVS, DEVICES = FILES = constants.LEGACY_STATE_FILES
 LOCK = "genv.lock"
@@ -180,10 +180,35 @@ def _load(dir_fd: int, name: str, notes: list[str]) -> tuple[Any, float | None]:
     if not data.strip():
         return None, info.st_mtime
     try:
-        return parse_json(data, MAX_BYTES), info.st_mtime
+        return _parse(data), info.st_mtime
     except RecordError as error:
         notes.append(f"{name} is not usable: {error}")
         return None, info.st_mtime
+
+
+class _TooLong:
+    """A number of too many digits: a value no entry accepts (the entry is left out alone)."""
+
+    def __repr__(self) -> str:
+        return "a number of too many digits"
+
+
+def _parse(data: bytes) -> Any:
+    import json
+
+    def number(text: str) -> Any:
+        return (
+            _TooLong()
+            if len(text) > 40
+            else (float(text) if "." in text or "e" in text.lower() else int(text))
+        )
+
+    try:
+        return json.loads(data, parse_int=number, parse_float=number)
+    except RecursionError:
+        raise RecordError("nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RecordError(f"not valid JSON ({validate.safe_text(str(error), 80)})") from None
 
 
 def _note(notes: list[str], text: str) -> None:
