@@ -174,3 +174,16 @@ def test_switching_from_143_loses_and_kills_nothing(
     # A user's command no longer says anything about 1.4.3.
     assert "1.4.3" not in run_genv("envs", "ps", user=bob).err
     assert os.path.exists(f"/proc/{a1.pid}")
+
+
+def test_files_of_143_made_after_root_ran_shield_nobody(
+    fake_machine: Any, linux_users: Any, run_genv: Any, sleeper: Any,
+) -> None:
+    alice, _ = linux_users
+    assert run_genv("envs", "ps").rc == 0  # root saw no 1.4.3 state: its marker says so
+    (fake_machine.state_dir / "envs.json").write_text(json.dumps({"envs": [
+        {"eid": "shield", "uid": alice.uid, "creation": "01/01/2026 00:00:00",
+         "username": None, "config": {}, "pids": [], "kernel_ids": []}]}))
+    state = Store(caller_uid=alice.uid).read()
+    assert state.legacy_eids == frozenset()
+    assert "1.4.3" not in run_genv("envs", "ps", user=alice).err

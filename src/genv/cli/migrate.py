@@ -6,6 +6,7 @@ Until root has taken it over, every command of a user says once what the admin s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -80,6 +81,18 @@ def _devices() -> list[Device] | None:
         return None
 
 
+def _nothing_to_take_over(folder: str) -> None:
+    """Root saw no 1.4.3 state here: say so with root's marker, so that files of 1.4.3's
+    names that someone creates later shield no process from ``genv enforce``."""
+    if os.path.lexists(os.path.join(folder, constants.LEGACY_MARKER)):
+        return
+    from genv.errors import GenvError
+    from genv.store import Store
+
+    with contextlib.suppress(GenvError, OSError):  # the command will say what is wrong
+        Store().mark_legacy_taken_over('{"taken_over": [], "note": "no state of genv 1.4.3"}\n')
+
+
 def before_command(command: str, argv: list[str]) -> None:
     """Run before every command: root takes 1.4.3's state over (saying so in one line); any
     other user is told once what the admin should run. Costs two ``lstat`` when there is
@@ -88,6 +101,8 @@ def before_command(command: str, argv: list[str]) -> None:
         return
     folder = os.environ.get("GENV_TMPDIR") or constants.DEFAULT_STATE_DIR
     if not any(os.path.lexists(os.path.join(folder, n)) for n in constants.LEGACY_STATE_FILES):
+        if os.geteuid() == 0 and os.path.isdir(folder):
+            _nothing_to_take_over(folder)
         return
     from genv.errors import GenvError
     from genv.store import Store

@@ -32,7 +32,7 @@ from genv.store.codec import RecordError
 
 ENVS, DEVICES = FILES = constants.LEGACY_STATE_FILES
 LOCK = "genv.lock"
-MARKER = ".genv-1.4.3-taken-over"
+MARKER = constants.LEGACY_MARKER
 BACKUP_SUFFIX = ".1.4.3-"
 TIME_FORMAT = "%d/%m/%Y %H:%M:%S"  # how 1.4.3 wrote times (local time)
 
