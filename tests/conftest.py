@@ -467,8 +467,10 @@ def new_env(
     ) -> subprocess.Popen[bytes]:
         process = sleeper(user=user, env={"GENV_ENVIRONMENT_ID": eid})
         uid = 0 if user is None else user.uid
+        name_of_user = "root" if user is None else user.name
         steps: list[list[str]] = [
-            ["envs", "activate", "--eid", eid, "--uid", str(uid), "--pid", str(process.pid)]
+            ["envs", "activate", "--eid", eid, "--uid", str(uid), "--username", name_of_user,
+             "--pid", str(process.pid)]
         ]
         if name is not None:
             steps.append(["envs", "config", "--eid", eid, "name", "--name", name])

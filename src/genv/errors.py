@@ -7,8 +7,11 @@ command line exits with: 1 for a refusal or a failure, 2 for a usage error (as a
 from __future__ import annotations
 
 
-class GenvError(Exception):
-    """An error the user can cause or fix; never a bug."""
+class GenvError(RuntimeError):
+    """An error the user can cause or fix; never a bug.
+
+    A RuntimeError, since genv 1.4.3 raised those: programs written for it keep catching them.
+    """
 
     exit_code = 1
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from genv.core import devices, environments, project, session
 from genv.domain.models import EnvConfig
@@ -27,6 +30,7 @@ from genv.errors import GenvError
 from genv.store import Store
 
 __all__ = [
+    "Env",
     "GenvError",
     "activate",
     "active",
@@ -36,10 +40,72 @@ __all__ = [
     "configure",
     "detach",
     "eid",
+    "home",
+    "load_configuration",
     "lock",
+    "refresh_attached",
+    "refresh_configuration",
+    "save_configuration",
 ]
 
-UNCHANGED = object()
+UNCHANGED: Any = object()
+
+
+@dataclass
+class Env:
+    """An environment as genv 1.4.3's API described it (``genv.sdk.Env``)."""
+
+    @dataclass
+    class Config:
+        """A configuration; ``None`` means not set. Kept in ``.genv/`` one file per field."""
+
+        name: str | None = None
+        gpu_memory: str | None = None
+        gpus: int | None = None
+
+        def load(self, path: str | os.PathLike[str]) -> None:
+            """Read the fields saved in folder ``path`` (a missing file clears its field)."""
+            settings = project.read_project(Path(path))
+            self.name = settings.get("name")  # type: ignore[assignment]
+            self.gpu_memory = settings.get("gpu_memory")  # type: ignore[assignment]
+            self.gpus = settings.get("gpus")  # type: ignore[assignment]
+
+        def save(self, path: str | os.PathLike[str]) -> None:
+            """Write the fields into folder ``path`` (a field that is not set loses its file)."""
+            project.write_project(Path(path), self.frozen())
+
+        def frozen(self) -> EnvConfig:
+            return EnvConfig(name=self.name, gpus=self.gpus, gpu_memory=self.gpu_memory)
+
+        @classmethod
+        def of(cls, config: EnvConfig) -> Env.Config:
+            return cls(name=config.name, gpu_memory=config.gpu_memory, gpus=config.gpus)
+
+    eid: str
+    uid: int
+    creation: str
+    username: str | None
+    config: Env.Config
+    pids: list[int] = field(default_factory=list)
+    kernel_ids: list[str] = field(default_factory=list)
+
+    @property
+    def time_since(self) -> str:
+        from datetime import datetime
+
+        from genv.domain.timefmt import TIMESTAMP_FORMAT, time_since
+
+        return time_since(datetime.strptime(self.creation, TIMESTAMP_FORMAT).timestamp())
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pids) or bool(self.kernel_ids)
+
+
+def home() -> Path | None:
+    """The project folder (``.genv``) of this environment: the nearest one in the current
+    folder or above it, else ``~/.genv``; None when there is none."""
+    return project.find_home()
 
 
 def active() -> bool:
@@ -70,6 +136,7 @@ def activate(
     attach: bool = True,
     over_subscribe: bool = False,
     load: bool = False,
+    config: Env.Config | EnvConfig | None = None,
 ) -> Iterator[str]:
     """Run the block in an environment: ``eid`` (joined or created) or a new one.
 
@@ -77,11 +144,16 @@ def activate(
     ``attach`` is false), sets the variables; on leaving, puts every variable back as it was
     and unregisters the process, which ends the environment if nothing else is in it.
     ``load`` starts a new environment from the project's saved configuration (.genv/).
-    Yields the environment id.
+    ``config`` (genv 1.4.3's way) gives the whole configuration at once. Yields the
+    environment id.
     """
     current = session.current_eid()
     if current is not None:
         raise session.SessionError(f"already running in environment {current}")
+    if config is not None:
+        name = config.name if name is None else name
+        gpus = config.gpus if gpus is None else gpus
+        gpu_memory = config.gpu_memory if gpu_memory is None else gpu_memory
     pid = os.getpid()
     eid = eid or str(pid)
     changes: dict[str, object] = {}
@@ -107,33 +179,71 @@ def activate(
             environments.unregister(store, pid=pid)
 
 
-def configuration() -> EnvConfig:
+def configuration() -> Env.Config:
     """The configuration of the active environment."""
     with _store() as store:
-        return environments.find(store, session.require_eid()).env.config
+        return Env.Config.of(environments.find(store, session.require_eid()).env.config)
+
+
+def refresh_configuration() -> Env.Config:
+    """The active environment's configuration as stored, with this process's variables
+    (``GENV_GPUS``, ``GENV_GPU_MEMORY``, ``GENV_ENVIRONMENT_NAME``) brought in line."""
+    current = session.require_eid()
+    with _store() as store:
+        _refresh(store, current)
+        return Env.Config.of(environments.find(store, current).env.config)
+
+
+def load_configuration() -> Env.Config:
+    """The configuration saved in the project folder (``home()``; empty without one), with
+    this process's variables set to it. The environment is not changed: pass it to
+    ``configure()`` for that (as ``genv config --load`` does)."""
+    session.require_eid()
+    config = Env.Config()
+    folder = home()
+    if folder is not None:
+        config.load(folder)
+    _set(_config_variables(config.frozen()))
+    return config
+
+
+def save_configuration() -> None:
+    """Save the active environment's configuration in the project folder, when there is one
+    (as genv 1.4.3 did; ``genv config --save`` makes one)."""
+    folder = home()
+    if folder is not None:
+        configuration().save(folder)
 
 
 def configure(
+    config: Env.Config | EnvConfig | None = None,
+    /,
     name: object = UNCHANGED,
     gpus: object = UNCHANGED,
     gpu_memory: object = UNCHANGED,
-) -> EnvConfig:
+) -> Env.Config:
     """Change the active environment's configuration; None clears a field.
 
-    Devices are not attached or detached here: call ``attach()`` to follow a new ``gpus``.
+    ``config`` (genv 1.4.3's way) replaces the whole configuration: its fields that are None
+    are cleared. Devices are not attached or detached here: call ``attach()`` to follow a
+    new ``gpus``.
     """
+    if config is not None:
+        name = config.name if name is UNCHANGED else name
+        gpus = config.gpus if gpus is UNCHANGED else gpus
+        gpu_memory = config.gpu_memory if gpu_memory is UNCHANGED else gpu_memory
     changes: dict[str, object] = {}
-    for field, value in (("name", name), ("gpus", gpus), ("gpu-memory", gpu_memory)):
+    for field_, value in (("name", name), ("gpus", gpus), ("gpu-memory", gpu_memory)):
         if value is not UNCHANGED:
-            changes[session.field_key(field)] = (
-                None if value is None else session.check_value(field, value)
+            changes[session.field_key(field_)] = (
+                None if value is None else session.check_value(field_, value)
             )
     current = session.require_eid()
     with _store() as store:
         if changes:
             environments.configure(store, current, **changes)
         _refresh(store, current)
-        return environments.find(store, current).env.config
+        return Env.Config.of(environments.find(store, current).env.config)
 
 
 def attached() -> list[int]:
@@ -146,11 +256,19 @@ def attach(
     count: int | None = None,
     index: int | None = None,
     over_subscribe: bool = False,
+    *,
+    gpus: int | None = None,
+    allow_over_subscription: bool = False,
 ) -> list[int]:
     """Attach ``count`` devices in all, or device ``index``, or as many as configured.
 
-    Returns the indices now attached and updates ``CUDA_VISIBLE_DEVICES``.
+    ``gpus`` and ``allow_over_subscription`` are genv 1.4.3's names of ``count`` and
+    ``over_subscribe``. Returns the indices now attached and updates ``CUDA_VISIBLE_DEVICES``.
     """
+    count = gpus if count is None else count
+    over_subscribe = over_subscribe or allow_over_subscription
+    if count is not None and index is not None:
+        raise GenvError("give either a device count or an index, not both")
     current = session.require_eid()
     with _store() as store:
         devices.attach(store, current, count, index, over_subscribe)
@@ -165,15 +283,27 @@ def detach(index: int | None = None) -> list[int]:
         return _refresh(store, current)
 
 
+def refresh_attached() -> list[int]:
+    """The devices attached to the active environment as stored, with this process's
+    ``CUDA_VISIBLE_DEVICES`` brought in line."""
+    current = session.require_eid()
+    with _store() as store:
+        return _refresh(store, current)
+
+
 @contextmanager
 def lock() -> Iterator[list[int]]:
     """Hold the active environment's over-subscribed devices exclusively during the block.
 
-    Waits while another environment holds any of them; yields the indices locked.
+    Waits while another environment holds any of them; yields the indices locked. Outside an
+    environment it holds nothing (as in genv 1.4.3) and yields ``[]``.
     """
     from genv.core import lock as locks
 
-    current = session.require_eid()
+    current = session.current_eid()
+    if current is None:
+        yield []
+        return
     with _store() as store, locks.hold(store, current) as indices:
         yield indices
 
@@ -185,6 +315,11 @@ def _refresh(store: Store, current: str) -> list[int]:
     values.pop(session.ENVIRONMENT_ID)
     _set(values)
     return view.indices
+
+
+def _config_variables(config: EnvConfig) -> dict[str, str | None]:
+    values = session.variables("", [], config)
+    return {k: v for k, v in values.items() if k in session.VARIABLES[2:]}
 
 
 def _set(values: dict[str, str | None]) -> None:

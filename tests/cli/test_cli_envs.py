@@ -33,7 +33,9 @@ def test_activate_registers_a_process(fake_machine, run_genv, sleeper) -> None:
     result = run_genv("envs", "activate", "--eid", "e1", "--uid", "0", "--pid", process.pid)
     assert (result.rc, result.out, result.err) == (0, "", "")
     result = run_genv("envs", "query", "--query", "eid", "uid", "username", "pids")
-    assert result.lines == [f"e1,0,root,{process.pid}"]
+    assert result.lines == [f"e1,0,,{process.pid}"]  # --uid alone names nobody, as in 1.4.3
+    listed = run_genv("envs", "ps", "--format", "csv", "--no-header", "--timestamp").lines
+    assert listed[0].split(",")[1] == "0"  # and the user column is the uid, byte for byte
 
 
 def test_activate_adds_processes_to_an_existing_environment(env, run_genv, sleeper) -> None:

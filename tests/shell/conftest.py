@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from shellkit import PROMPT, Shell
+from shellkit import PROMPT, Shell, with_genv_path
 
 
 @pytest.fixture(params=["bash", "zsh"])
@@ -55,6 +55,7 @@ def shell_env(machine: Any, shared_tmp: Path) -> dict[str, str]:
         PS1=PROMPT,
         TERM="dumb",
         HOME=str(shared_tmp),
+        PATH=with_genv_path(os.environ.get("PATH")),
     )
     return env
 

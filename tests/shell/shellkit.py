@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pexpect
@@ -13,6 +15,14 @@ PROMPT = "genv-test> "
 PROMPT_RE = r"(\(genv\) )?genv-test> "
 TIMEOUT = 30
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
+# The genv under test: the one installed beside this Python (a venv's bin/), never whatever
+# PATH happens to hold, so that the tests pass without the venv activated.
+GENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
+
+
+def with_genv_path(path: str | None) -> str:
+    """``path`` with the folder of the genv under test first."""
+    return f"{GENV_BIN}:{path}" if path else GENV_BIN
 
 
 def clean(text: str) -> str:
@@ -75,8 +85,8 @@ class Shell:
 
 def genv(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The plain genv command (no shell function), as a script would run it."""
-    return subprocess.run(["genv", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
+    return subprocess.run([sys.executable, "-m", "genv", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
 def attached(env: dict[str, str]) -> dict[int, list[str]]:

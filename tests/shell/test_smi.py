@@ -11,6 +11,8 @@ import pytest
 
 from genv.smi import request as smi
 
+from shellkit import with_genv_path
+
 REPO = Path(__file__).resolve().parents[2]
 SHIM = REPO / "src" / "genv" / "shims" / "nvidia-smi"
 STANDIN = REPO / "standins" / "nvidia-smi"
@@ -46,8 +48,7 @@ def run_shim(*args: str, path: str | None = None, eid: str | None = "e1") -> Any
     env = {k: v for k, v in os.environ.items() if k != "GENV_ENVIRONMENT_ID"}
     if eid is not None:
         env["GENV_ENVIRONMENT_ID"] = eid
-    if path is not None:
-        env["PATH"] = path
+    env["PATH"] = with_genv_path(path if path is not None else env.get("PATH"))
     return subprocess.run([str(SHIM), *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
 

@@ -37,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise UsageError("give a command to run, e.g.: genv lock python train.py")
-    eid = session.require_eid()
+    eid = session.current_eid()
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(lock.hold(Store(), eid, on_wait=_waiting, on_skip=_skipped))
+            if eid is not None:  # outside an environment there is nothing to hold (as 1.4.3)
+                stack.enter_context(lock.hold(Store(), eid, on_wait=_waiting, on_skip=_skipped))
         except NotFound:
             raise session.SessionError(
                 f"environment {eid} no longer exists; run: genv deactivate"

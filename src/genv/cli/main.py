@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "envs": ("genv.cli.envs", "Query and manage environments"),
     "home": ("genv.cli.shell_commands", "Show the project folder of this environment"),
     "lock": ("genv.cli.lock", "Run a command with exclusive use of over-subscribed devices"),
+    "migrate": ("genv.cli.migrate", "Take over the state of genv 1.4.3 (as root)"),
     "shell": ("genv.cli.shell_commands", "Shell integration"),
     "status": ("genv.cli.shell_commands", "Show the status of this shell's environment"),
     "version": ("genv.cli.version", "Print the genv version"),
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _log_warnings()
     try:
+        from genv.cli.migrate import before_command
+
+        before_command(args.command, argv)
         return int(_module(args.command).run(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -84,6 +84,30 @@ def _add_activate(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Do not load the project's saved configuration (.genv/)",
     )
+    _add_legacy_shell(parser)
+
+
+def _add_legacy_shell(parser: argparse.ArgumentParser) -> None:
+    """``--shell PID``: what genv 1.4.3's shell function passes (still loaded in terminals
+    opened before the switch); the answer is then shell code for that function."""
+    parser.add_argument("--shell", dest="legacy_shell", type=_pid, help=argparse.SUPPRESS)
+
+
+def _pid(text: str) -> int:
+    from genv.cli.common import checked
+    from genv.domain import validate
+
+    return checked(validate.pid)(text)
+
+
+def _add_deactivate(parser: argparse.ArgumentParser) -> None:
+    _add_legacy_shell(parser)
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="Print nothing when there is no .genv folder"
+    )
 
 
 def _add_attach(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +167,11 @@ def _add_shell(parser: argparse.ArgumentParser) -> None:
         help="Print the shell code that defines the genv function (bash, zsh)",
     )
     parser.add_argument("--shell", choices=("bash", "zsh"), help=argparse.SUPPRESS)
+    # What genv 1.4.3's shell function asks (terminals opened before the switch).
+    for flag in ("--deinit", "--ok", "--reattach", "--reconfigure"):
+        parser.add_argument(
+            flag, dest="legacy", action="store_const", const=flag[2:], help=argparse.SUPPRESS
+        )
     # The nvidia-smi shim runs `genv shell --nvidia-smi ARGS...` inside an environment.
     parser.add_argument(
         "--nvidia-smi", dest="nvidia_smi", nargs=argparse.REMAINDER, help=argparse.SUPPRESS
@@ -243,7 +272,8 @@ def _activate(args: argparse.Namespace) -> int:
     from genv.core import environments, project, session
     from genv.store import Store
 
-    shell_pid = _require_shell("activate")
+    legacy = args.legacy_shell is not None
+    shell_pid = args.legacy_shell if legacy else _require_shell("activate")
     if shell_pid is None:
         return 1
     active = session.current_eid()
@@ -273,6 +303,9 @@ def _activate(args: argparse.Namespace) -> int:
         over_subscribe=args.over_subscribe,
     )
     env, indices = view.env, view.indices
+    if legacy:
+        _legacy_activation(eid, indices, env.config, prompt=not args.no_prompt)
+        return 0
 
     shims = session.shims_dir()
     old_path = os.environ.get("PATH")
@@ -297,7 +330,8 @@ def _deactivate(args: argparse.Namespace) -> int:
     from genv.core import environments, session
     from genv.store import Store, StoreError
 
-    shell_pid = _require_shell("deactivate")
+    legacy = args.legacy_shell is not None
+    shell_pid = args.legacy_shell if legacy else _require_shell("deactivate")
     if shell_pid is None:
         return 1
     session.require_eid()
@@ -306,7 +340,96 @@ def _deactivate(args: argparse.Namespace) -> int:
     except StoreError as error:  # leaving must work even when the state cannot be changed
         print(f"genv: warning: {error}", file=sys.stderr)
     script = Script(shell=True)
-    _restore(script, _load_state(), session)
+    if legacy:  # genv 1.4.3's function keeps what to undo itself
+        script.lines += ["_genv_unset_envs", "_genv_restore_envs"]
+    else:
+        _restore(script, _load_state(), session)
+    script.emit()
+    return 0
+
+
+# -- genv 1.4.3's shell function ------------------------------------------------------------
+# Its helpers: _genv_set_env NAME VALUE (export, and remember to unset it), _genv_replace_env
+# NAME VALUE (the same, keeping the old value to restore), _genv_unset_env NAME.
+
+LEGACY_CONFIG = (
+    ("GENV_ENVIRONMENT_NAME", "name"),
+    ("GENV_GPU_MEMORY", "gpu_memory"),
+    ("GENV_GPUS", "gpus"),
+)
+LEGACY_FUNCTIONS = (
+    "genv",
+    "_genv_restore_envs",
+    "_genv_restore_env",
+    "_genv_unset_envs",
+    "_genv_unset_env",
+    "_genv_replace_env",
+    "_genv_set_env",
+    "_genv_backup_env",
+    "_genv_append_to_env",
+    "_genv_program",
+)
+
+
+def _legacy_config_lines(config: object) -> list[str]:
+    lines = []
+    for name, key in LEGACY_CONFIG:
+        value = getattr(config, key)
+        lines.append(
+            f"_genv_unset_env {name}"
+            if value is None
+            else f"_genv_set_env {name} {quote(str(value))}"
+        )
+    return lines
+
+
+def _legacy_devices_line(indices: list[int], activating: bool = False) -> str:
+    """Set CUDA_VISIBLE_DEVICES. Kept aside (to restore) only on activation: 1.4.3 kept it
+    aside on every change, so that deactivation restored the next-to-last devices instead
+    of the value from before the environment."""
+    from genv.core import session
+
+    value = quote(session.devices_value(indices))
+    managed = session.CUDA_VISIBLE_DEVICES in os.environ.get("GENV_ENVS", "").split(":")
+    if managed and not activating:
+        return f"export CUDA_VISIBLE_DEVICES={value}"
+    return f"_genv_replace_env CUDA_VISIBLE_DEVICES {value}"
+
+
+def _legacy_activation(eid: str, indices: list[int], config: object, prompt: bool) -> None:
+    from genv.core import session
+
+    script = Script(shell=True)
+    script.lines += [
+        "_genv_set_env GENV_SHELL 1",
+        f"_genv_set_env GENV_ENVIRONMENT_ID {quote(eid)}",
+        f'_genv_replace_env PATH {quote(session.shims_dir())}":$PATH"',
+        *_legacy_config_lines(config),
+        _legacy_devices_line(indices, activating=True),
+    ]
+    if prompt:
+        script.lines.append('_genv_replace_env PS1 "(genv) ${PS1-}"')
+    script.emit()
+
+
+def _legacy_shell(action: str) -> int:
+    """``genv shell --reattach`` and friends, as 1.4.3's function asks them."""
+    from genv.core import session
+    from genv.store import Store
+
+    script = Script(shell=True)
+    if action == "deinit":
+        script.lines += [f"unset -f {name}" for name in LEGACY_FUNCTIONS]
+    elif action == "ok":
+        print("This shell is set up for genv")
+        return 0
+    else:
+        eid = session.require_eid()
+        view = _current_view(Store(), eid)
+        if action == "reattach":
+            script.lines.append(_legacy_devices_line(view.indices))
+        else:
+            script.lines += _legacy_config_lines(view.env.config)
     script.emit()
     return 0
 
@@ -471,7 +594,9 @@ def _status(args: argparse.Namespace) -> int:
 def _home(args: argparse.Namespace) -> int:
     from genv.core import project
 
-    print(project.require_home())
+    home = project.find_home() if args.quiet else project.require_home()
+    if home is not None:
+        print(home)
     return 0
 
 
@@ -483,6 +608,8 @@ def _shell(args: argparse.Namespace) -> int:
     if args.init:
         sys.stdout.write(init_script())
         return 0
+    if args.legacy is not None:
+        return _legacy_shell(args.legacy)
     if _shell_pid() is None:
         _require_shell("shell")
         return 1
@@ -522,9 +649,9 @@ ADDERS = {
     "activate": _add_activate,
     "attach": _add_attach,
     "config": _add_config,
-    "deactivate": _add_nothing,
+    "deactivate": _add_deactivate,
     "detach": _add_detach,
-    "home": _add_nothing,
+    "home": _add_home,
     "shell": _add_shell,
     "status": _add_nothing,
 }

@@ -151,7 +151,9 @@ def enter(
     eid = validate.environment_id(eid)
     with store.transaction() as tx:
         existed = tx.has(eid)
-        tx.activate(eid, pid=pid)
+        # Named like genv 1.4.3 names them (its activation gave the user's name); an
+        # integration's `genv envs activate --uid` alone gives none, as in 1.4.3.
+        tx.activate(eid, pid=pid, username=users.username(store.caller_uid))
         settings = dict(project) if project and not existed else {}
         settings.update(changes)
         env = tx.configure(eid, **settings) if settings else tx.environment(eid)

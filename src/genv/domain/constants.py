@@ -24,3 +24,8 @@ MAX_NAME_LENGTH = 128
 MAX_DEVICES = 1024
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no uid"
 MAX_MEMORY = 2**60  # an exbibyte: more than any device
+
+# genv 1.4.3's state files in the state folder (see genv.store.legacy).
+LEGACY_STATE_FILES = ("envs.json", "devices.json")
+LEGACY_MARKER = ".genv-1.4.3-taken-over"  # root's: 1.4.3's state was taken over (or none)
+DEFAULT_STATE_DIR = "/var/tmp/genv"

@@ -128,13 +128,46 @@ def resolve(
     environments: Mapping[str, Sequence[Environment]] | Sequence[Environment],
     unusable_uids: frozenset[int],
     unknown_uids: frozenset[int] = frozenset(),
+    legacy_eids: frozenset[str] = frozenset(),
 ) -> tuple[Membership, Environment | None, str]:
     """The environment ``facts`` belongs to, and why not when it belongs to none.
 
     ``environments`` maps ids to the environments of that id (see index_by_eid; ids are
     unique per owner). ``unusable_uids``: users whose state could not be used; among them
     ``unknown_uids``, those whose state is unknown through no fault of theirs.
+    ``legacy_eids``: the ids genv 1.4.3's files name while root has not taken them over: a
+    claim of one of those that matches no environment here could not be told.
     """
+    membership, env, note = _resolve(facts, environments, unusable_uids, unknown_uids)
+    if (
+        membership is Membership.NO_ENV
+        and facts.claimed_eid
+        and facts.claimed_eid in legacy_eids
+        and not any(e.uid == facts.uid for e in _claimed(environments, facts.claimed_eid))
+    ):
+        return (
+            Membership.UNKNOWN,
+            None,
+            f"it claims environment {facts.claimed_eid} of genv 1.4.3, which root has not "
+            "taken over yet (sudo genv migrate)",
+        )
+    return membership, env, note
+
+
+def _claimed(
+    environments: Mapping[str, Sequence[Environment]] | Sequence[Environment], eid: str
+) -> Sequence[Environment]:
+    if isinstance(environments, Mapping):
+        return environments.get(eid, ())
+    return [env for env in environments if env.eid == eid]
+
+
+def _resolve(
+    facts: ProcessFacts,
+    environments: Mapping[str, Sequence[Environment]] | Sequence[Environment],
+    unusable_uids: frozenset[int],
+    unknown_uids: frozenset[int],
+) -> tuple[Membership, Environment | None, str]:
     if not facts.environ_readable or facts.uid is None:
         return Membership.UNKNOWN, None, "its environment variables could not be read"
     eid = facts.claimed_eid

@@ -42,6 +42,11 @@ class State:
     # the same to the rules.
     holdings: tuple[Attachment, ...] = field(default=(), compare=False)
     holdings_published: bool = field(default=False, compare=False)
+    # genv 1.4.3's state that root has not taken over yet (genv.store.legacy): the ids its
+    # files name, and the devices they say its live environments hold. Claims anyone could
+    # have written; they only ever make genv more careful (never terminate, never give).
+    legacy_eids: frozenset[str] = frozenset()
+    legacy_held: tuple[Attachment, ...] = ()
 
     # -- who is unknown ---------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class State:
         when root published nothing, a user whose file this reader may not read may hold any
         device (a corrupt file holds nothing, for everyone alike)."""
         held = self.attachments_on(index)
+        held += [a for a in self.legacy_held if a.device_index == index]
         for uid in sorted(self.unusable_uids):
             if uid not in self.hidden_uids and not self.holdings_published:
                 continue

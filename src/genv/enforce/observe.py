@@ -95,7 +95,9 @@ def build_observation(
             continue
         if by_eid is None:
             by_eid = index_by_eid(environments)
-        membership, env, note = resolve(facts, by_eid, state.unusable_uids, state.unknown_uids)
+        membership, env, note = resolve(
+            facts, by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids
+        )
         used = tuple(Usage(index, memory) for index, memory in items)
         observed.append(ObservedProcess(facts, used, membership, env, note))
     inspector.retain(set(usage))

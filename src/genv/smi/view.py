@@ -69,7 +69,7 @@ def environment_view(eid: str) -> View:
         if process.pid not in verdicts:
             facts = read_facts(process.pid)
             membership, owner, _ = (
-                resolve(facts, by_eid, state.unusable_uids, state.unknown_uids)
+                resolve(facts, by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids)
                 if facts is not None
                 else (Membership.UNKNOWN, None, "")
             )

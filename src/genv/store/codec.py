@@ -74,10 +74,24 @@ def decode(
 
     Processes recorded under another boot than ``boot_id`` are gone, so they keep no start.
     """
-    if len(data) > MAX_FILE_BYTES:
-        raise RecordError(f"larger than {MAX_FILE_BYTES} bytes")
+    document = parse_json(data, MAX_FILE_BYTES)
     try:
-        document = json.loads(
+        return _decode_document(document, owner_uid, boot_id, legacy_start)
+    except RecordError:
+        raise
+    except validate.InvalidValue as error:
+        raise RecordError(_short(error)) from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+        raise RecordError(f"malformed record ({type(error).__name__}: {_short(error)})") from None
+
+
+def parse_json(data: bytes, limit: int) -> Any:
+    """JSON with limits: no number of thousands of digits, no NaN, no key twice, no nesting
+    deep enough to exhaust the stack. RecordError for anything else."""
+    if len(data) > limit:
+        raise RecordError(f"larger than {limit} bytes")
+    try:
+        return json.loads(
             data,
             parse_int=_parse_int,
             parse_float=_parse_float,
@@ -90,14 +104,6 @@ def decode(
         raise
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         raise RecordError(f"not valid JSON ({_short(error)})") from None
-    try:
-        return _decode_document(document, owner_uid, boot_id, legacy_start)
-    except RecordError:
-        raise
-    except validate.InvalidValue as error:
-        raise RecordError(_short(error)) from None
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
-        raise RecordError(f"malformed record ({type(error).__name__}: {_short(error)})") from None
 
 
 def _decode_document(

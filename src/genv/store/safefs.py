@@ -19,13 +19,14 @@ import os
 import stat
 from pathlib import Path
 
+from genv.domain import constants
 from genv.store.errors import StateError
 
 log = logging.getLogger("genv.store")
 
 STATE_DIR_MODE = 0o1777  # like /tmp: everyone may create files, only owners may replace them
 FILE_MODE = 0o644
-DEFAULT_STATE_DIR = "/var/tmp/genv"
+DEFAULT_STATE_DIR = constants.DEFAULT_STATE_DIR
 TMPFILES_LINE = f"d {DEFAULT_STATE_DIR} 1777 root root -"
 
 

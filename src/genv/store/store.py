@@ -20,11 +20,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from genv.domain.liveness import KernelsAlive, ProcessAlive, live_state
+from genv.domain.models import Attachment
 from genv.domain.state import State
-from genv.store import names, safefs
+from genv.store import legacy, names, safefs
 from genv.store.errors import PermissionRefused, StateError
 from genv.store.loader import Loaded, Loader
 from genv.store.locks import user_lock
@@ -38,6 +40,14 @@ DEFAULT_STATE_DIR = safefs.DEFAULT_STATE_DIR
 OWN_LOCK_TIMEOUT = 30.0  # only the user's own commands can hold it
 OTHERS_LOCK_TIMEOUT = 2.0  # root acting for a user must not wait on that user for long
 LIVE_STATE_REUSE = 30.0  # seconds a reader with a watcher keeps an unchanged live state
+
+
+def _identity(dir_fd: int, name: str) -> tuple[int, int, int, int] | None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def state_dir_from_env() -> Path:
@@ -70,6 +80,7 @@ class Store:
         self._kernels_alive = kernels_alive or kernels.running_kernels
         self._reused: tuple[object, State, float] | None = None
         self._dir_fd: int | None = None
+        self._legacy_cache: tuple[tuple[object, ...], legacy.LegacyState] | None = None
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
@@ -115,11 +126,17 @@ class Store:
         return self.read_with_records()[0]
 
     def read_with_records(self) -> tuple[State, Loaded]:
-        loaded = self.loader.load(self._dir())
+        dir_fd = self._dir()
+        loaded = self.loader.load(dir_fd)
+        state = self._live(loaded)
+        if legacy.pending(dir_fd):
+            eids, held = self._legacy_claims(dir_fd)
+            state = replace(state, legacy_eids=eids, legacy_held=held)
+        return state, loaded
+
+    def _live(self, loaded: Loaded) -> State:
         if self._watcher is None:
-            return live_state(
-                loaded.records, loaded.problems, self._alive, self._kernels_alive
-            ), loaded
+            return live_state(loaded.records, loaded.problems, self._alive, self._kernels_alive)
         # The loader hands back the very same records objects for unchanged files.
         key = (
             tuple((uid, id(r)) for uid, r in sorted(loaded.records.items())),
@@ -133,11 +150,64 @@ class Store:
             and now - reused[2] < LIVE_STATE_REUSE
             and not self._watcher.any_exited()
         ):
-            return reused[1], loaded
+            return reused[1]
         self._watcher.refresh()  # drop the exited, forget the no longer registered
         state = live_state(loaded.records, loaded.problems, self._alive, self._kernels_alive)
         self._reused = (key, state, now)
-        return state, loaded
+        return state
+
+    # -- genv 1.4.3's state ---------------------------------------------------------------
+
+    def legacy_pending(self) -> bool:
+        """Whether the folder holds genv 1.4.3's state that root has not taken over."""
+        return legacy.pending(self._dir())
+
+    def legacy_taken_over(self) -> bool:
+        """Whether root has taken over 1.4.3's state in this folder already."""
+        return legacy.taken_over(self._dir())
+
+    def legacy_state(self) -> legacy.LegacyState:
+        return legacy.read(self._dir())
+
+    def keep_legacy_aside(self, stamp: str) -> list[str]:
+        """Rename 1.4.3's files out of the way (root only); their new names."""
+        self._require_root("keep genv 1.4.3's files aside")
+        return legacy.keep_aside(self._dir(), stamp)
+
+    def mark_legacy_taken_over(self, text: str) -> None:
+        self._require_root("take genv 1.4.3's state over")
+        legacy.mark(self._dir(), text, str(self.root / legacy.MARKER))
+
+    def _require_root(self, what: str) -> None:
+        if not self._is_root():
+            raise PermissionRefused(f"permission denied: only root may {what}; run it with sudo")
+
+    def _legacy_claims(self, dir_fd: int) -> tuple[frozenset[str], tuple[Attachment, ...]]:
+        """What 1.4.3's files claim, read again only when they changed: every id, and the
+        attachments of the environments of which some process or kernel may still run."""
+        key = tuple(_identity(dir_fd, name) for name in legacy.FILES)
+        if self._legacy_cache is not None and self._legacy_cache[0] == key:
+            found = self._legacy_cache[1]
+        else:
+            found = legacy.read(dir_fd)
+            self._legacy_cache = (key, found)
+        maybe_live = {
+            env.eid: env
+            for env in found.environments
+            if env.kernel_ids or any(procfs.start_of(pid) is not None for pid in env.pids)
+        }
+        held = tuple(
+            Attachment(
+                device_index=a.device_index,
+                eid=a.eid,
+                uid=maybe_live[a.eid].claimed_uid or 0,
+                time=a.time or 0.0,
+                gpu_memory=a.gpu_memory,
+            )
+            for a in found.attachments
+            if a.eid in maybe_live
+        )
+        return found.eids, held
 
     def publish_holdings(self, state: State) -> bool:
         """Root says, in its own file, which devices every user holds, so that while a user's

@@ -26,7 +26,7 @@ from genv.domain.models import (
 from genv.domain.state import State
 from genv.store import codec
 from genv.store.errors import NotFound, PermissionRefused, StateError
-from genv.system import procfs, users
+from genv.system import procfs
 
 if TYPE_CHECKING:
     from genv.store.store import Store
@@ -71,6 +71,8 @@ class Transaction:
             problems=self.state.problems,
             holdings=self.state.holdings,
             holdings_published=self.state.holdings_published,
+            legacy_eids=self.state.legacy_eids,
+            legacy_held=self.state.legacy_held,
         )
 
     # -- environments ---------------------------------------------------------------------
@@ -95,8 +97,10 @@ class Transaction:
         pid: int | None = None,
         kernel_id: str | None = None,
         username: str | None = None,
+        creation: float | None = None,
     ) -> Environment:
-        """Register a process or a kernel in ``eid``, creating the environment if needed.
+        """Register a process or a kernel in ``eid``, creating the environment if needed
+        (``creation``: when it was created, now by default; genv 1.4.3's are older).
 
         The process must run as this environment's owner (or root): someone else's process
         would not keep it alive anyway, and must not be able to.
@@ -114,8 +118,8 @@ class Transaction:
             env = Environment(
                 eid=eid,
                 uid=self.uid,
-                username=username or users.username(self.uid),
-                creation=time.time(),
+                username=username,
+                creation=time.time() if creation is None else creation,
             )
         if pid is not None:
             pid = validate.pid(pid)
@@ -138,9 +142,7 @@ class Transaction:
                 if len(env.kernel_ids) >= codec.MAX_KERNELS_PER_ENV:
                     raise StateError(f"environment {eid} has too many kernels registered")
                 env = replace(env, kernel_ids=(*env.kernel_ids, kernel_id))
-        if username and env.username != username:
-            env = replace(env, username=username)
-        self._put(env)
+        self._put(env)  # (a name is given on creation only, as in genv 1.4.3)
         return env
 
     def deactivate(self, pid: int | None = None, kernel_id: str | None = None) -> list[str]:
@@ -194,8 +196,14 @@ class Transaction:
         return sorted(a.device_index for a in self._attachments if a.eid == eid)
 
     def attach(
-        self, eid: str, index: int, over_subscribed: bool = False, uuid: str | None = None
+        self,
+        eid: str,
+        index: int,
+        over_subscribed: bool = False,
+        uuid: str | None = None,
+        when: float | None = None,
     ) -> None:
+        """Attach device ``index`` (``when``: the time of the attachment, now by default)."""
         env = self.environment(eid)
         index = validate.device_index(index)
         if index in self.attached(eid):
@@ -205,7 +213,7 @@ class Transaction:
                 device_index=index,
                 eid=env.eid,
                 uid=env.uid,
-                time=time.time(),
+                time=time.time() if when is None else when,
                 gpu_memory=env.config.gpu_memory,
                 over_subscribed=over_subscribed,
                 device_uuid=uuid,

@@ -4,12 +4,20 @@ A kernel is found by its connection file, ``kernel-<id>.json``, which Jupyter pa
 kernel's command line. A command line is a claim anyone can make (``sleep 1 kernel-X.json``),
 so a kernel counts for an environment only when its process runs as the environment's owner
 (or root): no one keeps another user's environment alive by posing as its kernel.
+
+A kernel being restarted has no process for a moment, while Jupyter keeps its id and its
+connection file (and the kernel provisioner asks for its devices in exactly that moment), so a
+kernel also counts while its connection file exists in its owner's Jupyter runtime folder,
+owned by that owner. Other users usually may not look into that folder (Jupyter makes it
+0700): for them only the process counts.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import stat
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +54,36 @@ def kernel_processes() -> KernelProcesses:
     return found
 
 
+def runtime_dirs(owner: int) -> list[str]:
+    """Where Jupyter keeps the connection files of ``owner``: its data folder's ``runtime``
+    (``~/.local/share/jupyter/runtime``), or the per-user runtime folder that Jupyter uses
+    with platform folders (``/run/user/UID/jupyter/runtime``)."""
+    folders = []
+    try:
+        home = pwd.getpwuid(owner).pw_dir
+    except (KeyError, OverflowError):
+        home = ""
+    if home and home != "/":
+        folders.append(os.path.join(home, ".local", "share", "jupyter", "runtime"))
+    folders += [f"/run/user/{owner}/jupyter/runtime", f"/run/user/{owner}/jupyter"]
+    return folders
+
+
+def connection_file_kept(kernel: str, owner: int) -> bool:
+    """Whether the connection file of ``kernel`` is in a runtime folder of ``owner``, a
+    regular file owned by ``owner`` (no link is followed at the end). A folder this reader
+    may not look into says nothing."""
+    name = f"kernel-{kernel}.json"
+    for folder in runtime_dirs(owner):
+        try:
+            info = os.stat(os.path.join(folder, name), follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_uid == owner:
+            return True
+    return False
+
+
 def _owned(processes: list[tuple[int, int, int]], owner: int) -> list[tuple[int, int, int]]:
     return [p for p in processes if p[2] in (owner, 0)]
 
@@ -53,7 +91,8 @@ def _owned(processes: list[tuple[int, int, int]], owner: int) -> list[tuple[int,
 def running_kernels(owner: int, wanted: frozenset[str]) -> set[str]:
     """Which of ``wanted`` run as ``owner`` (or root): one scan, fine for a one-off command."""
     found = kernel_processes()
-    return {kernel for kernel in wanted if _owned(found.get(kernel, []), owner)}
+    running = {kernel for kernel in wanted if _owned(found.get(kernel, []), owner)}
+    return running | {k for k in wanted - running if connection_file_kept(k, owner)}
 
 
 class KernelTracker:
@@ -94,4 +133,4 @@ class KernelTracker:
             self._looked_for |= asked
             self._last_scan = self._clock()
             alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
-        return alive
+        return alive | {k for k in wanted - alive if connection_file_kept(k, owner)}
