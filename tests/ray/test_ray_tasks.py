@@ -128,3 +128,10 @@ def test_arguments_are_checked_against_the_functions_own_signature(machine):
         whereabouts.remote("unexpected")
     with pytest.raises(TypeError, match="cannot be called directly"):
         whereabouts()
+
+
+def test_options_at_the_call_set_the_share_and_the_name(machine):
+    info = ray.get(whereabouts.options(num_gpus=0.25, name="quarter").remote(), timeout=60)
+    assert info["gpu_memory"] == "20gi"
+    assert info["eid"].startswith("ray/quarter/")
+    assert info["claim"] == info["eid"]
