@@ -312,8 +312,9 @@ def test_query_rejects_unknown_fields(fake_machine, run_genv) -> None:
 def test_listing_flags_work_without_naming_ps(fake_machine, new_env, run_genv, command) -> None:
     """`genv devices --format csv` lists like `genv devices ps --format csv`."""
     new_env("e1")
-    short = run_genv(*command, "--format", "csv", "--no-header")
-    full = run_genv(*command, "ps", "--format", "csv", "--no-header")
+    # (--timestamp: "N seconds ago" could change between the two runs)
+    short = run_genv(*command, "--format", "csv", "--no-header", "--timestamp")
+    full = run_genv(*command, "ps", "--format", "csv", "--no-header", "--timestamp")
     assert short.rc == full.rc == 0, (short, full)
     assert short.out == full.out
     assert short.out.strip()
