@@ -28,10 +28,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests" / "compat")]
 
-import peers  # noqa: E402
 from genvbench import host  # noqa: E402
 
 from genv.backends.machine_file import write_machine  # noqa: E402
+
+import peers  # noqa: E402
 
 USERS, SHELL_ENVS, DEVICES = 4, 4, 8
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 from genv.backends.fake import default_uuid
@@ -17,14 +18,18 @@ from genv.store import Store
 
 def main() -> None:
     envs = json.load(sys.stdin)
+    by_uid: dict[int, list[dict]] = defaultdict(list)
+    for env in envs:
+        by_uid[env["uid"]].append(env)
     store = Store(root=Path(sys.argv[1]), caller_uid=0)
     try:
-        with store.transaction() as tx:
-            for env in envs:
-                tx.activate(env["eid"], env["uid"], env["username"], pid=env["pid"])
-                tx.configure(env["eid"], gpu_memory=env["capacity"])
-                tx.attach(env["eid"], [env["device"]], over_subscribed=True,
-                          uuids={env["device"]: default_uuid(env["device"])})
+        for uid, items in sorted(by_uid.items()):
+            with store.transaction(uid=uid) as tx:  # each user's records in their own file
+                for env in items:
+                    tx.activate(env["eid"], pid=env["pid"], username=env["username"])
+                    tx.configure(env["eid"], gpu_memory=env["capacity"])
+                    tx.attach(env["eid"], env["device"], over_subscribed=True,
+                              uuid=default_uuid(env["device"]))
     finally:
         store.close()
 
