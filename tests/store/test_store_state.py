@@ -6,10 +6,12 @@ and run processes as them. The tests with real Linux users are in tests/cli.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -581,3 +583,164 @@ def test_a_reader_with_a_watcher_works_liveness_out_again_only_on_change(
         tx.configure("e2", name="renamed")
     assert [e.config.name for e in reader.read().environments] == ["renamed"]
     watcher.close()
+
+
+# -- found in review: each once a way for one user to hurt another -------------------------
+
+
+def test_another_users_renames_never_make_a_users_file_missed(state_dir: Path,
+                                                             sleeper: Sleeper) -> None:
+    """Names appearing and vanishing all the time (bob renaming his own files under other
+    uids' names) must never make root miss alice's file, nor let her writes lose records."""
+    process = sleeper(user=AS_ALICE)
+    with store(state_dir, ALICE).transaction() as tx:
+        for number in range(5):
+            tx.activate(f"ea{number}", pid=process.pid)
+    stop = threading.Event()
+    names_ = [f"state-{uid}.json" for uid in range(1000, 1064)]
+
+    def churn() -> None:
+        files = [state_dir / name for name in names_]
+        for path in files:
+            path.write_text("x")
+            os.chown(path, BOB, -1)
+        while not stop.is_set():
+            for path in files:
+                with contextlib.suppress(FileNotFoundError):  # root may free the name
+                    os.rename(path, path.with_suffix(".hidden"))
+                    os.rename(path.with_suffix(".hidden"), path)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        reader = Store(state_dir)
+        for _ in range(150):
+            assert len([e for e in reader.read().environments if e.uid == ALICE]) == 5
+        with store(state_dir, ALICE).transaction() as tx:
+            tx.activate("ea5", pid=process.pid)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(store(state_dir).read().environments) == 6
+
+
+def _deep_folder(at: Path, depth: int) -> None:
+    """A folder ``depth`` levels deep, made without recursion (deeper than Python's limit)."""
+    os.mkdir(at)
+    fd = os.open(at, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+
+
+def test_a_deep_planted_folder_costs_root_one_rename(state_dir: Path, sleeper: Sleeper) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    _deep_folder(state_dir / "deep", 1500)  # deeper than Python's recursion limit
+    os.chown(state_dir / "deep", BOB, -1)  # planted by bob
+    os.rename(state_dir / "deep", state_dir / f"state-{ALICE}.json")
+    try:
+        started = time.monotonic()
+        state = Store(state_dir).read()  # root: frees the name, in one rename
+        assert time.monotonic() - started < 1
+        assert state.environments == ()
+        assert not os.path.lexists(state_dir / f"state-{ALICE}.json")
+        with store(state_dir, ALICE).transaction() as tx:
+            tx.activate("ea", pid=sleeper(user=AS_ALICE).pid)
+    finally:
+        for entry in state_dir.iterdir():
+            planted = entry.name.startswith(".genv-planted-") or entry.name == f"state-{ALICE}.json"
+            if planted and entry.is_dir() and not entry.is_symlink():
+                _remove_deep_iteratively(entry)
+
+
+def _remove_deep_iteratively(at: Path) -> None:
+    depth = 0
+    path = at
+    while (path / "d").is_dir():
+        path = path / "d"
+        depth += 1
+    # walk back up with relative paths (absolute ones would be too long)
+    fd = os.open(at, os.O_RDONLY | os.O_DIRECTORY)
+    chain = [fd]
+    for _ in range(depth):
+        chain.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=chain[-1]))
+    for parent in reversed(chain[:-1]):
+        os.rmdir("d", dir_fd=parent)
+    for fd in chain:
+        os.close(fd)
+    os.rmdir(at)
+
+
+def test_a_lease_on_ones_own_file_shields_nothing(state_dir: Path, sleeper: Sleeper) -> None:
+    """A write lease makes others' non-blocking opens fail: that is the owner's doing, so
+    the owner's records count as unusable by their fault (they are enforced), never as
+    unknown (left alone)."""
+    process = sleeper(user=AS_BOB)
+    path = write_records(state_dir, BOB, [env_of(BOB, "eb", process)])
+    fd = os.open(path, os.O_RDWR)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break tells its holder
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError:
+            pytest.skip("leases are not available here")
+        state = Store(state_dir).read()
+        [problem] = [p for p in state.problems if p.uid == BOB]
+        assert problem.owner_fault
+        assert BOB not in state.unknown_uids
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, previous)
+
+
+def test_a_leased_planted_lock_name_locks_nobody_out(state_dir: Path, sleeper: Sleeper) -> None:
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    planted = state_dir / f".lock-{ALICE}~7"
+    planted.write_text("")
+    os.chown(planted, BOB, -1)
+    fd = os.open(planted, os.O_RDWR)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError:
+            pytest.skip("leases are not available here")
+        with store(state_dir, ALICE).transaction(timeout=2) as tx:
+            tx.activate("ea", pid=sleeper(user=AS_ALICE).pid)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, previous)
+
+
+def test_root_installs_a_users_lock_in_place_of_a_planted_one(state_dir: Path,
+                                                              sleeper: Sleeper) -> None:
+    """Once root replaced a planted lock name with the user's own file, nobody can take that
+    name again."""
+    import pwd
+
+    real = next(u for u in pwd.getpwall() if u.pw_uid not in (0,) and u.pw_uid < 65534)
+    state_dir.mkdir(mode=0o1777)
+    os.chmod(state_dir, 0o1777)
+    planted = state_dir / f".lock-{real.pw_uid}"
+    planted.symlink_to("/etc/passwd")
+    os.chown(planted, BOB, -1, follow_symlinks=False)
+    Store(state_dir).read()
+    info = os.stat(planted, follow_symlinks=False)
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == real.pw_uid
+    assert stat.S_IMODE(info.st_mode) == 0o600
+
+
+def test_a_file_with_another_name_is_not_trusted(state_dir: Path, sleeper: Sleeper) -> None:
+    process = sleeper(user=AS_ALICE)
+    path = write_records(state_dir, ALICE, [env_of(ALICE, "ea", process)])
+    os.link(path, state_dir / "elsewhere")
+    state = store(state_dir).read()
+    assert state.environments == ()
+    assert state.problems[0].uid == ALICE

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -84,8 +85,13 @@ def _devices() -> list[Device] | None:
 def _nothing_to_take_over(folder: str) -> None:
     """Root saw no 1.4.3 state here: say so with root's marker, so that files of 1.4.3's
     names that someone creates later shield no process from ``genv enforce``."""
-    if os.path.lexists(os.path.join(folder, constants.LEGACY_MARKER)):
-        return
+    marker = os.path.join(folder, constants.LEGACY_MARKER)
+    try:
+        info = os.stat(marker, follow_symlinks=False)
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISREG(info.st_mode) and info.st_uid == 0:
+        return  # root's own marker (one a user planted is replaced below)
     from genv.errors import GenvError
     from genv.store import Store
 

@@ -33,6 +33,10 @@ MAX_FILE_BYTES = 1 << 20
 MAX_ENVIRONMENTS = 1024
 MAX_PROCESSES_PER_ENV = 1024
 MAX_KERNELS_PER_ENV = 64
+# In one file, all environments together: each registered process and kernel is looked at
+# by every reader, so one user's file must not make every read slow.
+MAX_PROCESSES_PER_FILE = 4096
+MAX_KERNELS_PER_FILE = 256
 MAX_ATTACHMENTS = 4096
 MAX_REVOCATIONS = 65536
 MAX_HOLDINGS = 65536
@@ -155,11 +159,19 @@ def _decode_environments(
     _bounded_list(items, MAX_ENVIRONMENTS, "environments")
     environments = []
     seen: set[str] = set()
+    processes = kernels = 0
     for item in items:
         env = _decode_environment(_dict(item, "environment"), uid, start_of)
         if env.eid in seen:
             raise RecordError(f"environment {env.eid} is listed twice")
         seen.add(env.eid)
+        processes += len(env.processes)
+        kernels += len(env.kernel_ids)
+        if processes > MAX_PROCESSES_PER_FILE or kernels > MAX_KERNELS_PER_FILE:
+            raise RecordError(
+                f"more than {MAX_PROCESSES_PER_FILE} processes or {MAX_KERNELS_PER_FILE} "
+                "kernels registered in all"
+            )
         environments.append(env)
     return tuple(environments)
 

@@ -157,7 +157,7 @@ def mark(dir_fd: int, text: str, shown: str) -> None:
     except FileNotFoundError:
         info = None
     if info is not None and not stat.S_ISREG(info.st_mode):
-        safefs.remove_planted(dir_fd, MARKER)
+        safefs.clear_planted(dir_fd, MARKER)
     safefs.write_atomic(dir_fd, MARKER, text.encode(), 0, shown)
 
 

@@ -1,18 +1,25 @@
 """Finding, checking, reading and decoding every user's state file, and caching the result.
 
-Each user's current file is the first of their candidate names (genv.store.names) that is
-rightfully theirs. A file whose identity (inode, times, size, owner, mode) is unchanged since
-it was decoded is not read again, so a long-lived reader (the daemon) pays one ``lstat`` per
-user per cycle. Problems are classified by who could fix them (see StateProblem).
+The folder's listing says which users have a file; each user's current file is then the
+first of their candidate names (genv.store.names) that is rightfully theirs, looked up by
+name, so nothing another user does to other names can make a user's file be missed. A file
+that is replaced while it is read is read again; one that keeps changing is its owner's
+problem. Nothing is removed here: reading never deletes (root repairs planted names on
+its write paths, genv.store.store).
+
+A file whose identity (inode, times, size, owner, mode) is unchanged since it was decoded
+is not read again, and the listing itself is kept while the folder is unchanged, so a
+long-lived reader (the daemon) pays about one ``lstat`` per user per cycle. Problems are
+classified by who could fix them (see StateProblem): everything about a file its owner
+controls is the owner's doing, except the few errors only the reading side can cause.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
-from collections import defaultdict
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +28,17 @@ from genv.domain.models import UserRecords
 from genv.domain.state import StateProblem
 from genv.store import codec, names, safefs
 
-log = logging.getLogger("genv.store")
+_StatKey = tuple[int, int, int, int, int, int, int, int]
 
-_StatKey = tuple[int, int, int, int, int, int, int]
+# Errors of the reading side (memory, descriptors, the disk failing): the owner's records are
+# then unknown, not absent. Anything else about a file the owner controls (a lease, a mode,
+# a mount over it) is the owner's doing.
+READER_ERRNOS = frozenset({errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+# A folder's modification time has the coarse clock's resolution: a listing is kept only once
+# the folder has been unchanged for this long, so that no entry made in the same tick as the
+# listing can go unseen.
+SETTLED_SECONDS = 1.0
+_ATTEMPTS = 5
 
 
 @dataclass
@@ -33,6 +48,7 @@ class Loaded:
     records: dict[int, UserRecords] = field(default_factory=dict)
     problems: list[StateProblem] = field(default_factory=list)
     files: dict[int, str] = field(default_factory=dict)
+    planted: list[tuple[str, int]] = field(default_factory=list)  # (name, uid it poses as)
 
 
 def _key(info: os.stat_result) -> _StatKey:
@@ -44,6 +60,7 @@ def _key(info: os.stat_result) -> _StatKey:
         info.st_size,
         info.st_uid,
         info.st_mode,
+        info.st_nlink,
     )
 
 
@@ -52,92 +69,119 @@ class Loader:
         self,
         root: Path,
         boot_id: str,
-        remove_planted: bool,
         legacy_start: codec.LegacyStart | None = None,
     ) -> None:
-        """``remove_planted``: remove names planted under other users' names (root only)."""
         self.root = root
         self.boot_id = boot_id
-        self.remove_planted = remove_planted
         self.legacy_start = legacy_start
         self._decoded: dict[str, tuple[_StatKey, UserRecords]] = {}
+        self._listing: tuple[tuple[int, int, int], list[int], list[str]] | None = None
         # The last records each user's file gave, kept while their file is unusable, so
         # that root can say which devices they may still hold.
         self.last_good: dict[int, UserRecords] = {}
+        self.files_seen: set[int] = set()  # users who had a rightful file in the last load
 
     def load(self, dir_fd: int, only: Callable[[int], bool] | None = None) -> Loaded:
         """Every user's records (those ``only`` accepts, when given)."""
-        for _ in range(3):
-            loaded, vanished = self._pass(dir_fd, only)
-            if not vanished:
-                return loaded
-            # A file went away between the listing and the reading: its owner renamed a new
-            # one into place meanwhile. Look again rather than report that user as empty.
+        loaded = Loaded()
+        uids, lock_names = self._users(dir_fd)
+        for uid in uids:
+            if only is None or only(uid):
+                self._load_user(dir_fd, uid, loaded)
+        for name in lock_names:
+            ours = names.parse(name)
+            if ours is not None:
+                self._note_planted(dir_fd, name, ours.uid, names.LOCK, loaded)
+        if only is None:  # forget files that are gone, so the cache stays as small as the folder
+            self.files_seen = set(loaded.files)
+            current = set(loaded.files.values())
+            for name in [name for name in self._decoded if name not in current]:
+                del self._decoded[name]
         return loaded
 
-    def _pass(self, dir_fd: int, only: Callable[[int], bool] | None) -> tuple[Loaded, bool]:
-        loaded = Loaded()
-        by_uid: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    def _users(self, dir_fd: int) -> tuple[list[int], list[str]]:
+        """The uids that have a state file name in the folder, and the lock names there."""
+        info = os.fstat(dir_fd)
+        key = (info.st_dev, info.st_ino, info.st_mtime_ns)
+        if self._listing is not None and self._listing[0] == key:
+            return self._listing[1], self._listing[2]
+        uids: set[int] = set()
+        lock_names = []
         for name in os.listdir(dir_fd):
             ours = names.parse(name)
             if ours is None:
                 continue
-            if ours.kind == names.LOCK:
-                if self.remove_planted:
-                    self._check_planted(dir_fd, name, ours.uid, names.LOCK, loaded)
-                continue
-            if only is None or only(ours.uid):
-                by_uid[ours.uid].append((ours.rank, name))
-        for uid, candidates in by_uid.items():
-            for _, name in sorted(candidates):
-                outcome = self._read(dir_fd, name, uid, loaded)
-                if outcome == "vanished":
-                    return loaded, True
-                if outcome == "used":
-                    break
-        if only is None:  # forget files that are gone, so the cache stays as small as the folder
-            current = set(loaded.files.values())
-            for name in [name for name in self._decoded if name not in current]:
-                del self._decoded[name]
-        return loaded, False
-
-    def _check_planted(self, dir_fd: int, name: str, uid: int, kind: str, loaded: Loaded) -> bool:
-        """True when ``name`` is planted; root removes it."""
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return False
-        if not names.planted(info, uid, kind):
-            return False
-        path = self.root / name
-        if self.remove_planted and safefs.remove_planted(dir_fd, name):
-            log.warning(
-                "removed %s, planted by uid %d under the name of uid %d", path, info.st_uid, uid
-            )
+            if ours.kind == names.STATE:
+                uids.add(ours.uid)
+            else:
+                lock_names.append(name)
+        listing = sorted(uids), lock_names
+        if time.time() - info.st_mtime_ns / 1e9 > SETTLED_SECONDS:
+            self._listing = (key, *listing)
         else:
-            loaded.problems.append(
-                StateProblem(
-                    str(path),
-                    None,
-                    f"was planted by uid {info.st_uid} under the name of uid {uid} and is "
-                    f"ignored; an admin should remove it: sudo rm -r {path}",
-                )
-            )
-        return True
+            self._listing = None
+        return listing
 
-    def _read(self, dir_fd: int, name: str, uid: int, loaded: Loaded) -> str:
-        """Read one candidate: "used", "planted" (try the next) or "vanished"."""
+    def _load_user(self, dir_fd: int, uid: int, loaded: Loaded) -> None:
+        for _ in range(_ATTEMPTS):
+            if self._try_user(dir_fd, uid, loaded):
+                return
+            # A file went away, or was replaced, between looking and reading: its owner
+            # renamed a new one into place meanwhile. Look again.
+        path = str(self.root / names.state_name(uid))
+        self._problem(
+            loaded,
+            path,
+            uid,
+            "keeps changing while it is read; its owner should stop doing that",
+            True,
+        )
+
+    def _try_user(self, dir_fd: int, uid: int, loaded: Loaded) -> bool:
+        """Read ``uid``'s current file; False when it changed under us (read again)."""
+        for name in names.state_names(uid):
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                self._os_problem(loaded, str(self.root / name), uid, error)
+                return True
+            if names.planted(info, uid, names.STATE):
+                self._note_planted(dir_fd, name, uid, names.STATE, loaded, info)
+                continue
+            return self._read(dir_fd, name, uid, info, loaded)
+        return True  # no file: no records
+
+    def _note_planted(
+        self,
+        dir_fd: int,
+        name: str,
+        uid: int,
+        kind: str,
+        loaded: Loaded,
+        info: os.stat_result | None = None,
+    ) -> None:
+        if info is None:
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                return
+        if not names.planted(info, uid, kind):
+            return
+        path = self.root / name
+        loaded.planted.append((name, uid))
+        loaded.problems.append(
+            StateProblem(
+                str(path),
+                None,
+                f"was planted by uid {info.st_uid} under the name of uid {uid} and is "
+                f"ignored; root replaces it on its next write (or: sudo rm -r {path})",
+            )
+        )
+
+    def _read(self, dir_fd: int, name: str, uid: int, info: os.stat_result, loaded: Loaded) -> bool:
         path = str(self.root / name)
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return "vanished"
-        except OSError as error:
-            self._problem(loaded, path, uid, f"cannot be read ({error.strerror})", False)
-            return "used"
-        if names.planted(info, uid, names.STATE):
-            self._check_planted(dir_fd, name, uid, names.STATE, loaded)
-            return "planted"
         loaded.files[uid] = name
         if not stat.S_ISREG(info.st_mode):
             self._problem(
@@ -148,58 +192,64 @@ class Loader:
                 f"remove it: rm -r {path}",
                 True,
             )
-            return "used"
-        if info.st_mode & 0o022:
+            return True
+        if info.st_mode & 0o022 or info.st_nlink != 1:
             self._problem(
                 loaded,
                 path,
                 uid,
-                f"can be written by other users, so it cannot be trusted; its owner should "
-                f"run: chmod 644 {path}",
+                "can be written by other users (or has other names), so it cannot be trusted; "
+                f"its owner should rewrite it: cp {path} {path}.new && mv {path}.new {path} "
+                f"&& chmod 644 {path}",
                 True,
             )
-            return "used"
+            return True
         key = _key(info)
         cached = self._decoded.get(name)
         if cached is not None and cached[0] == key:
             loaded.records[uid] = cached[1]
-            return "used"
+            return True
         try:
             found = safefs.read_file(dir_fd, name, codec.MAX_FILE_BYTES)
         except OverflowError as error:
             self._bad(loaded, path, uid, str(error))
-            return "used"
+            return True
         except OSError as error:
-            if error.errno in (errno.EACCES, errno.EPERM):
-                loaded.problems.append(
-                    StateProblem(
-                        path,
-                        uid,
-                        f"cannot be read (permission denied); its owner should run: "
-                        f"chmod 644 {path}",
-                        owner_fault=True,
-                        hidden=True,
-                    )
-                )
-            else:
-                self._problem(
-                    loaded, path, uid, f"cannot be read ({error.strerror or error})", False
-                )
-            return "used"
+            if error.errno == errno.ENOENT:
+                return False
+            self._os_problem(loaded, path, uid, error)
+            return True
         if found is None:
-            return "vanished"
+            return False
         data, opened = found
         if _key(opened)[:2] != key[:2]:
-            return "vanished"  # replaced between the stat and the open: read it again
+            return False  # replaced between the stat and the open: read it again
         try:
             records = codec.decode(data, uid, self.boot_id, self.legacy_start)
         except codec.RecordError as error:
             self._bad(loaded, path, uid, str(error))
-            return "used"
+            return True
         self._decoded[name] = (key, records)
         loaded.records[uid] = records
         self.last_good[uid] = records
-        return "used"
+        return True
+
+    def _os_problem(self, loaded: Loaded, path: str, uid: int, error: OSError) -> None:
+        if error.errno in READER_ERRNOS:
+            self._problem(loaded, path, uid, f"cannot be read ({error.strerror or error})", False)
+            return
+        hint = f"its owner should run: chmod 644 {path}"
+        if error.errno not in (errno.EACCES, errno.EPERM):
+            hint = f"its owner should rewrite it, or move it aside: mv {path} {path}.bad"
+        loaded.problems.append(
+            StateProblem(
+                path,
+                uid,
+                f"cannot be read ({error.strerror or error}); {hint}",
+                owner_fault=True,
+                hidden=True,
+            )
+        )
 
     def _bad(self, loaded: Loaded, path: str, uid: int, reason: str) -> None:
         self._problem(

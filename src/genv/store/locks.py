@@ -15,7 +15,6 @@ came last would have seen the other's file. Taking them in one order rules out d
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import random
@@ -78,41 +77,82 @@ def _take_all(
 
 def _open_rightful(dir_fd: int, name: str, uid: int, create: bool) -> int | None:
     """The lock file ``name`` when it is rightfully ``uid``'s; created when missing and
-    ``create``; None when it is planted (or missing and not to be created)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    ``create``; None when it is anything else (planted, or a file that cannot be opened).
+
+    A name is looked at (lstat) before it is opened, and only a rightful file is opened: an
+    open of something planted could block or fail in ways its planter chose.
+    """
     for _ in range(3):
         try:
-            fd = os.open(name, flags, dir_fd=dir_fd)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             if not create:
                 return None
-            try:
-                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, LOCK_MODE, dir_fd=dir_fd)
-            except FileExistsError:
-                continue  # someone made it meanwhile: look at what they made
-            except OSError as error:
-                raise StateError(f"cannot create the lock file {name}: {error.strerror}") from None
-            try:
-                os.fchmod(fd, LOCK_MODE)
-                if os.geteuid() == 0 and uid != 0:
-                    os.fchown(fd, uid, -1)
-            except OSError:
-                os.close(fd)
-                raise
-            return fd
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO):
-                return None  # a link, or a file we may not open: not ours
-            raise StateError(f"cannot open the lock file {name}: {error.strerror}") from None
-        info = os.fstat(fd)
-        if not names.rightful(info, uid, names.LOCK):
-            os.close(fd)
+            fd = _create(dir_fd, name, uid)
+            if fd is not None:
+                return fd
+            continue  # someone made it meanwhile: look at what they made
+        except OSError:
             return None
-        if info.st_mode & 0o077:
+        if not names.rightful(info, uid, names.LOCK):
+            return None
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError:
+            return None
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino) or not names.rightful(
+            opened, uid, names.LOCK
+        ):
+            os.close(fd)
+            continue  # replaced between the look and the open
+        if opened.st_mode & 0o077:
             with contextlib.suppress(OSError):  # only the user's own: nobody else may hold it
                 os.fchmod(fd, LOCK_MODE)
         return fd
     return None
+
+
+def _create(dir_fd: int, name: str, uid: int) -> int | None:
+    """Make ``uid``'s lock ``name``; None when the name was taken meanwhile.
+
+    Root makes it under a temporary name, gives it to ``uid``, then links it into place, so
+    that the name never shows a file of root's (which would be taken for planted).
+    """
+    flags = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    if os.geteuid() != 0 or uid == 0:
+        try:
+            fd = os.open(name, flags, LOCK_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            return None
+        except OSError as error:
+            raise StateError(f"cannot create the lock file {name}: {error.strerror}") from None
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, LOCK_MODE)
+        return fd
+    import secrets
+
+    temporary = f".genv-new-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(temporary, flags, LOCK_MODE, dir_fd=dir_fd)
+    except OSError as error:
+        raise StateError(f"cannot create the lock file {name}: {error.strerror}") from None
+    try:
+        os.fchmod(fd, LOCK_MODE)
+        os.fchown(fd, uid, -1)
+        os.link(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileExistsError:
+        os.close(fd)
+        return None
+    except OSError as error:
+        os.close(fd)
+        raise StateError(f"cannot create the lock file {name}: {error.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+    return fd
 
 
 def _flock(fd: int, uid: int, shown_dir: str, deadline: float | None) -> None:

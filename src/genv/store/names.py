@@ -73,8 +73,8 @@ def rightful(info: os.stat_result, uid: int, kind: str) -> bool:
     State files may also be root's (root wrote them and could not give them away); lock files
     must be the user's own, since a lock only root can open would lock the user out.
     """
-    if not stat.S_ISREG(info.st_mode):
-        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        return False  # (another name for the same file could be someone else's doing)
     return not planted(info, uid, kind)
 
 

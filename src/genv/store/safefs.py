@@ -230,11 +230,10 @@ def _write_failure(shown: str, error: OSError) -> str:
     return f"cannot save {shown}: {error.strerror or error}; nothing was changed"
 
 
-def remove_planted(dir_fd: int, name: str) -> bool:
-    """Remove a name another user planted (root only): a file, a link or a whole folder.
-
-    Folders are removed without following any link inside them. True when it is gone.
-    """
+def clear_planted(dir_fd: int, name: str) -> bool:
+    """Free a name another user planted (root only), in one system call whatever it is: a
+    file, link or fifo is unlinked; a folder (however deep or wide) is renamed aside, out of
+    genv's names, for an admin to remove. True when the name is free."""
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -243,26 +242,61 @@ def remove_planted(dir_fd: int, name: str) -> bool:
         return False
     try:
         if stat.S_ISDIR(info.st_mode):
-            _remove_tree(dir_fd, name)
+            import secrets
+
+            aside = f".genv-planted-{secrets.token_hex(6)}"
+            os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            log.warning(
+                "moved a folder planted as %s aside to %s; an admin may remove it", name, aside
+            )
         else:
             os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
     except OSError:
         return False
     return True
 
 
-def _remove_tree(dir_fd: int, name: str) -> None:
-    """Remove folder ``name`` and all in it, relative to descriptors only, following no link
-    (os.fwalk does not follow them), so that nothing planted inside redirects a removal."""
-    for _, folders, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd):
-        for entry in files:
-            os.unlink(entry, dir_fd=fd)
-        for entry in folders:
+def install_rightful(dir_fd: int, name: str, data: bytes, owner_uid: int, mode: int) -> bool:
+    """Put a file of ``owner_uid`` (root only) in place of whatever another user planted
+    under ``name``, in one rename: at no moment is the name free for them to take again.
+    True when done."""
+    import secrets
+
+    temporary = f".genv-new-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            mode,
+            dir_fd=dir_fd,
+        )
+    except OSError:
+        return False
+    try:
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+            os.fchown(fd, owner_uid, -1)
+        finally:
+            os.close(fd)
+        for _ in range(3):
             try:
-                os.rmdir(entry, dir_fd=fd)
-            except NotADirectoryError:  # a link to a folder is listed as a folder
-                os.unlink(entry, dir_fd=fd)
-    os.rmdir(name, dir_fd=dir_fd)
+                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                return True
+            except (IsADirectoryError, OSError) as error:
+                if not isinstance(error, IsADirectoryError) and error.errno not in (
+                    errno.EISDIR,
+                    errno.ENOTEMPTY,
+                    errno.EEXIST,
+                ):
+                    return False
+                clear_planted(dir_fd, name)  # a folder: out of the way first
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
 
 
 def open_lock_file(dir_fd: int, name: str, shown: str | None = None) -> int | None:

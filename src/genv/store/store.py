@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,14 +25,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from genv.domain.liveness import KernelsAlive, ProcessAlive, live_state
-from genv.domain.models import Attachment
+from genv.domain.models import Attachment, UserRecords
 from genv.domain.state import State
-from genv.store import legacy, names, safefs
+from genv.store import codec, legacy, names, safefs
 from genv.store.errors import PermissionRefused, StateError
 from genv.store.loader import Loaded, Loader
-from genv.store.locks import user_lock
+from genv.store.locks import LOCK_MODE, user_lock
 from genv.store.transaction import Transaction
-from genv.system import kernels, processes, procfs
+from genv.system import kernels, processes, procfs, users
 from genv.system.watch import ProcessWatcher
 
 log = logging.getLogger("genv.store")
@@ -39,7 +40,10 @@ log = logging.getLogger("genv.store")
 DEFAULT_STATE_DIR = safefs.DEFAULT_STATE_DIR
 OWN_LOCK_TIMEOUT = 30.0  # only the user's own commands can hold it
 OTHERS_LOCK_TIMEOUT = 2.0  # root acting for a user must not wait on that user for long
-LIVE_STATE_REUSE = 30.0  # seconds a reader with a watcher keeps an unchanged live state
+LIVE_STATE_REUSE = 30.0
+REPAIRS_PER_READ = 16
+LEGACY_LIVE_REUSE = 5.0
+LEGACY_PIDS = 4096  # seconds a reader with a watcher keeps an unchanged live state
 
 
 def _identity(dir_fd: int, name: str) -> tuple[int, int, int, int] | None:
@@ -81,15 +85,11 @@ class Store:
         self._reused: tuple[object, State, float] | None = None
         self._dir_fd: int | None = None
         self._legacy_cache: tuple[tuple[object, ...], legacy.LegacyState] | None = None
+        self._legacy_live_cache: tuple[tuple[object, ...], float, dict] | None = None
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
-        return Loader(
-            self.root,
-            procfs.boot_id(),
-            remove_planted=self._is_root(),
-            legacy_start=processes.legacy_start,
-        )
+        return Loader(self.root, procfs.boot_id(), legacy_start=processes.legacy_start)
 
     def _is_root(self) -> bool:
         """Root, by right and in fact: only then are other users' planted names removed."""
@@ -128,11 +128,40 @@ class Store:
     def read_with_records(self) -> tuple[State, Loaded]:
         dir_fd = self._dir()
         loaded = self.loader.load(dir_fd)
+        if loaded.planted and self._is_root():
+            self._repair(dir_fd, loaded)
         state = self._live(loaded)
         if legacy.pending(dir_fd):
             eids, held = self._legacy_claims(dir_fd)
             state = replace(state, legacy_eids=eids, legacy_held=held)
         return state, loaded
+
+    def _repair(self, dir_fd: int, loaded: Loaded) -> None:
+        """Root replaces names other users planted under a user's names (a few a pass, each
+        in one system call, so that planting many costs root nothing much): a lock name gets
+        the user's own lock file in the same rename, so that it can never be taken again; a
+        state name of a user who has no file gets an empty file of theirs; any other is
+        freed. What was planted under a name of no user is only freed."""
+        for name, uid in loaded.planted[:REPAIRS_PER_READ]:
+            planter = self._owner(dir_fd, name)
+            ours = names.parse(name)
+            real_user = users.username(uid) is not None
+            if ours is not None and ours.kind == names.LOCK and real_user:
+                done = safefs.install_rightful(dir_fd, name, b"", uid, LOCK_MODE)
+            elif ours is not None and uid not in loaded.files and real_user and ours.rank == 0:
+                empty = codec.encode(UserRecords(uid), procfs.boot_id())
+                done = safefs.install_rightful(dir_fd, name, empty, uid, safefs.FILE_MODE)
+            else:
+                done = safefs.clear_planted(dir_fd, name)
+            if done:
+                log.warning("replaced %s, which uid %d had planted", self.root / name, planter)
+
+    @staticmethod
+    def _owner(dir_fd: int, name: str) -> int:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid
+        except OSError:
+            return -1
 
     def _live(self, loaded: Loaded) -> State:
         if self._watcher is None:
@@ -191,11 +220,7 @@ class Store:
         else:
             found = legacy.read(dir_fd)
             self._legacy_cache = (key, found)
-        maybe_live = {
-            env.eid: env
-            for env in found.environments
-            if env.kernel_ids or any(procfs.start_of(pid) is not None for pid in env.pids)
-        }
+        maybe_live = self._legacy_live(key, found)
         held = tuple(
             Attachment(
                 device_index=a.device_index,
@@ -208,6 +233,24 @@ class Store:
             if a.eid in maybe_live
         )
         return found.eids, held
+
+    def _legacy_live(self, key: tuple[object, ...], found: legacy.LegacyState) -> dict:
+        """The 1.4.3 environments some process or kernel of which may still run; worked out
+        again when the files change or every LEGACY_LIVE_REUSE seconds, and for at most
+        LEGACY_PIDS pids in all, so that no content of those files can slow a reader."""
+        now = time.monotonic()
+        cached = self._legacy_live_cache
+        if cached is not None and cached[0] == key and now - cached[1] < LEGACY_LIVE_REUSE:
+            return cached[2]
+        budget = LEGACY_PIDS
+        live = {}
+        for env in found.environments:
+            pids = env.pids[: max(0, budget)]
+            budget -= len(pids)
+            if env.kernel_ids or any(procfs.start_of(pid) is not None for pid in pids):
+                live[env.eid] = env
+        self._legacy_live_cache = (key, now, live)
+        return live
 
     def publish_holdings(self, state: State) -> bool:
         """Root says, in its own file, which devices every user holds, so that while a user's
@@ -275,10 +318,12 @@ class Store:
                 own.append(name)
                 if target is None:
                     target = name
-            elif self._is_root():
-                safefs.remove_planted(dir_fd, name)
-                if target is None and not os.path.lexists(self.root / name):
-                    target = name
+            elif self._is_root() and target is None:
+                # root's rename replaces what was planted in one step; only a folder must
+                # be moved out of the way first
+                if stat.S_ISDIR(info.st_mode):
+                    safefs.clear_planted(dir_fd, name)
+                target = name
         if target is None:
             raise StateError(
                 f"every state file name of uid {uid} in {self.root} is taken by another "

@@ -278,6 +278,11 @@ class Transaction:
         problem = self.state.problem_of(self.uid)
         if problem is not None:  # never overwrite what could not be read
             raise StateError(f"nothing was changed: {problem.line()}")
+        if self.uid in self._store.loader.files_seen and self.uid not in self._raw:
+            raise StateError(  # a file is there, but its records were not read: keep it
+                f"nothing was changed: the state file of uid {self.uid} could not be read; "
+                "try again"
+            )
         live = {env.eid for env in self._environments}
         records = UserRecords(
             uid=self.uid,

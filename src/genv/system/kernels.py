@@ -69,12 +69,12 @@ def runtime_dirs(owner: int) -> list[str]:
     return folders
 
 
-def connection_file_kept(kernel: str, owner: int) -> bool:
+def connection_file_kept(kernel: str, owner: int, folders: list[str] | None = None) -> bool:
     """Whether the connection file of ``kernel`` is in a runtime folder of ``owner``, a
     regular file owned by ``owner`` (no link is followed at the end). A folder this reader
     may not look into says nothing."""
     name = f"kernel-{kernel}.json"
-    for folder in runtime_dirs(owner):
+    for folder in runtime_dirs(owner) if folders is None else folders:
         try:
             info = os.stat(os.path.join(folder, name), follow_symlinks=False)
         except OSError:
@@ -90,6 +90,8 @@ def _owned(processes: list[tuple[int, int, int]], owner: int) -> list[tuple[int,
 
 def running_kernels(owner: int, wanted: frozenset[str]) -> set[str]:
     """Which of ``wanted`` run as ``owner`` (or root): one scan, fine for a one-off command."""
+    if owner != os.getuid() and procfs.hides_others():
+        return set(wanted)  # another user's, under hidepid: cannot tell, so not "ended"
     found = kernel_processes()
     running = {kernel for kernel in wanted if _owned(found.get(kernel, []), owner)}
     return running | {k for k in wanted - running if connection_file_kept(k, owner)}
@@ -114,8 +116,9 @@ class KernelTracker:
         self._rescan_after = rescan_after
         self._clock = clock
         self._known: KernelProcesses = {}
-        self._looked_for: set[tuple[int, str]] = set()
+        self._looked_for: dict[int, frozenset[str]] = {}  # owner -> what the last scan sought
         self._last_scan = float("-inf")
+        self._folders: dict[int, list[str]] = {}  # owner -> their runtime folders
 
     def _alive(self, kernel: str, owner: int) -> bool:
         return any(
@@ -126,11 +129,18 @@ class KernelTracker:
     def __call__(self, owner: int, wanted: frozenset[str]) -> set[str]:
         alive = {kernel for kernel in wanted if self._alive(kernel, owner)}
         missing = wanted - alive
-        asked = {(owner, kernel) for kernel in missing}
         stale = self._clock() - self._last_scan >= self._rescan_after
-        if missing and (asked - self._looked_for or stale):
+        if missing and (missing - self._looked_for.get(owner, frozenset()) or stale):
             self._known = kernel_processes()
-            self._looked_for |= asked
+            self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
             self._last_scan = self._clock()
             alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
-        return alive | {k for k in wanted - alive if connection_file_kept(k, owner)}
+        missing = wanted - alive
+        if not missing:
+            return alive
+        folders = self._folders.get(owner)
+        if folders is None:
+            if len(self._folders) > 4096:
+                self._folders.clear()
+            folders = self._folders[owner] = runtime_dirs(owner)
+        return alive | {k for k in missing if connection_file_kept(k, owner, folders)}

@@ -83,6 +83,7 @@ class ProcessInspector:
                 or (cached.start is not None and procfs.start_of(pid) == cached.start)
             )
             and procfs.executable(pid) == cached.exe
+            and (cached.uid != 0 or procfs.real_uid(pid) == 0)  # root may give itself away
         ):
             return cached
         facts = read_facts(pid)

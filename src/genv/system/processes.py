@@ -6,6 +6,8 @@ out of ``/proc/PID/environ``.
 
 from __future__ import annotations
 
+import os
+
 from genv.domain.constants import ENVIRONMENT_VARIABLE
 from genv.domain.models import RegisteredProcess
 from genv.system import procfs
@@ -18,9 +20,19 @@ LEGACY_TOLERANCE = 1.0
 
 
 def registered_alive(process: RegisteredProcess, owner: int) -> bool:
-    """Whether the very process registered still runs, as ``owner`` or root."""
+    """Whether the very process registered still runs, as ``owner`` or root.
+
+    Where /proc hides other users' processes (``hidepid``), another user's process that
+    looks gone may run: it counts as running, so that its environment's devices are not
+    taken for free.
+    """
     if not procfs.is_running(process.pid, process.start):
-        return False
+        return (
+            process.start is not None
+            and owner != os.getuid()
+            and procfs.hides_others()
+            and not os.path.exists(f"/proc/{process.pid}")
+        )
     return procfs.real_uid(process.pid) in (owner, 0)
 
 

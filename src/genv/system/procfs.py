@@ -133,6 +133,30 @@ def executable(pid: int) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def hides_others() -> bool:
+    """Whether /proc hides other users' processes from this reader (mounted ``hidepid=``,
+    and we are not root): their processes then look gone while they run."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        with open("/proc/self/mountinfo", "rb") as file:
+            for line in file:
+                fields = line.split(b" - ", 1)
+                if len(fields) != 2 or b" /proc " not in fields[0]:
+                    continue
+                options = fields[1].split()[-1].split(b",")
+                for option in options:
+                    if option.startswith(b"hidepid=") and option not in (
+                        b"hidepid=0",
+                        b"hidepid=off",
+                    ):
+                        return True
+    except OSError:
+        pass
+    return False
+
+
 def age(start: int) -> float:
     """Seconds since a process with this start began (by the boot clock, which no one sets)."""
     import time
