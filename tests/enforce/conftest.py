@@ -30,6 +30,8 @@ import pytest
 
 from genv.backends.machine_file import write_machine
 
+from enforce_helpers import json_lines
+
 IS_ROOT = os.geteuid() == 0
 ALICE = "alice"
 BOB = "bob"
@@ -139,9 +141,13 @@ class Procs:
         env: dict[str, str] | None = None,
         eid: str | None = None,
         ready: str | None = None,
+        ignore_sigterm: bool = False,
+        pause: bool = True,
     ) -> subprocess.Popen:
         """Start ``argv`` (default ``sleep 300``) as ``user`` with ``env``; ``eid`` sets
-        GENV_ENVIRONMENT_ID. With ``ready``, wait until the process prints that line."""
+        GENV_ENVIRONMENT_ID. With ``ready``, wait until the process prints that line. With
+        ``ignore_sigterm`` it ignores SIGTERM from its start (an ignored signal stays ignored
+        across exec), so only SIGKILL ends it."""
         environment = {"PATH": PATH, "LANG": "C.UTF-8"}
         if eid is not None:
             environment["GENV_ENVIRONMENT_ID"] = eid
@@ -149,23 +155,29 @@ class Procs:
         kwargs: dict = {}
         if user is not None and user.uid != os.geteuid():
             kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
-        process = subprocess.Popen(
-            argv or [SLEEP, "300"],
-            env=environment,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            **kwargs,
-        )
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if ignore_sigterm else None
+        try:
+            process = subprocess.Popen(
+                argv or [SLEEP, "300"],
+                env=environment,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                **kwargs,
+            )
+        finally:
+            if ignore_sigterm:
+                signal.signal(signal.SIGTERM, previous)
         self.started.append(process)
         if ready:
             line = process.stdout.readline().strip()
             assert line == ready, f"process {process.pid} said {line!r}, not {ready!r}"
         # create_time has a resolution of one clock tick: keep the processes of a test
         # strictly ordered, oldest first, as the rules choose the newest ones
-        time.sleep(0.03)
+        if pause:
+            time.sleep(0.03)
         return process
 
     @staticmethod
@@ -215,14 +227,21 @@ class Result:
         return self.stdout.splitlines()
 
 
+def _wants_json(args: tuple[str, ...]) -> bool:
+    return any(a == "--log-format" and b == "json" for a, b in zip(args, args[1:], strict=False))
+
+
 @dataclass
 class Daemon:
-    """``genv enforce`` running in the background, its output going to files."""
+    """``genv enforce`` running in the background, its output going to files. With
+    ``--log-format json``, every line it wrote is checked against docs/log-schema.json when
+    it is stopped or closed."""
 
     process: subprocess.Popen
     out: Path
     err: Path
     files: list = field(default_factory=list)
+    json: bool = False
 
     def stdout(self) -> str:
         return self.out.read_text()
@@ -270,6 +289,8 @@ class Daemon:
             self.process.wait(timeout=5)
         for handle in self.files:
             handle.close()
+        if self.files and self.json:
+            json_lines(self.stdout())
         self.files.clear()
 
 
@@ -315,6 +336,8 @@ class Genv:
             timeout=timeout, cwd=self.shared_dir, stdin=subprocess.DEVNULL,
         )
         result = Result(done.returncode, done.stdout, done.stderr)
+        if _wants_json(args) and done.returncode == 0:
+            json_lines(done.stdout)
         if check:
             assert done.returncode == 0, (
                 f"genv {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
@@ -338,7 +361,7 @@ class Genv:
             self.command("enforce", *args), env=self.env, stdout=out_file, stderr=err_file,
             stdin=subprocess.DEVNULL, cwd=self.shared_dir,
         )
-        daemon = Daemon(process, out, err, [out_file, err_file])
+        daemon = Daemon(process, out, err, [out_file, err_file], json=_wants_json(args))
         self.daemons.append(daemon)
         return daemon
 
@@ -400,7 +423,10 @@ class Genv:
                 os.waitpid(pid, 0)
                 raise AssertionError(f"genv {' '.join(args)} as {user.name} did not finish")
             time.sleep(0.02)
-        return Result(os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        result = Result(os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        if _wants_json(args) and result.rc == 0:
+            json_lines(result.stdout)
+        return result
 
     def close(self) -> None:
         for daemon in self.daemons:

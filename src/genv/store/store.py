@@ -23,7 +23,8 @@ from pathlib import Path
 
 from genv.domain.liveness import KernelsAlive, ProcessAlive, live_state
 from genv.domain.state import State
-from genv.store import names, safefs
+from genv.store import daemon_lock, names, safefs
+from genv.store.daemon_lock import DaemonLock
 from genv.store.errors import PermissionRefused, StateError
 from genv.store.loader import Loaded, Loader
 from genv.store.locks import user_lock
@@ -58,6 +59,7 @@ class Store:
         self._alive = alive or processes.registered_alive
         self._kernels_alive = kernels_alive or kernels.running_kernels
         self._dir_fd: int | None = None
+        self._removed = False  # the folder was removed under us: wait for it, never recreate
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
@@ -78,16 +80,25 @@ class Store:
         """The folder's descriptor; opened again when the folder was replaced.
 
         A folder removed (or replaced) under a long-lived reader would read as empty through
-        the old descriptor: that is never taken for "no environments".
+        the old descriptor: that is never taken for "no environments". A folder that was
+        removed is waited for (StateError until it is back), not made again empty: whoever
+        removed it may be putting it back.
         """
         if self._dir_fd is not None and not safefs.same_folder(self._dir_fd, self.root):
             os.close(self._dir_fd)
             self._dir_fd = None
             if not os.path.lexists(self.root):
-                raise StateError(f"the state folder {self.root} was removed; waiting for it")
-            log.warning("the state folder %s was replaced; reading the new one", self.root)
-            self.loader = self._new_loader()
+                self._removed = True
+            else:
+                log.warning("the state folder %s was replaced; reading the new one", self.root)
+                self.loader = self._new_loader()
         if self._dir_fd is None:
+            if self._removed:
+                if not os.path.lexists(self.root):
+                    raise StateError(f"the state folder {self.root} was removed; waiting for it")
+                log.warning("the state folder %s is back; reading it", self.root)
+                self._removed = False
+                self.loader = self._new_loader()
             self._dir_fd = safefs.ensure_state_dir(self.root)
         return self._dir_fd
 
@@ -99,13 +110,25 @@ class Store:
     # -- reading --------------------------------------------------------------------------
 
     def read(self) -> State:
-        """Every user's live environments and attachments, without taking any lock."""
-        return self.read_with_records()[0]
+        """Every user's live environments and attachments, without taking any lock.
+
+        What was read from a folder that was removed or replaced meanwhile (a dying folder
+        lists fewer files, or none) is thrown away: the new folder is read, or StateError
+        says the folder is gone.
+        """
+        for _ in range(3):
+            dir_fd = self._dir()
+            state = self._live(self.loader.load(dir_fd))
+            if safefs.same_folder(dir_fd, self.root):
+                return state
+        raise StateError(f"the state folder {self.root} keeps changing while it is read")
 
     def read_with_records(self) -> tuple[State, Loaded]:
         loaded = self.loader.load(self._dir())
-        state = live_state(loaded.records, loaded.problems, self._alive, self._kernels_alive)
-        return state, loaded
+        return self._live(loaded), loaded
+
+    def _live(self, loaded: Loaded) -> State:
+        return live_state(loaded.records, loaded.problems, self._alive, self._kernels_alive)
 
     def publish_holdings(self, state: State) -> bool:
         """Root says, in its own file, which devices every user holds, so that while a user's
@@ -131,6 +154,11 @@ class Store:
         with self.transaction(timeout=1.0) as tx:
             tx.set_holdings(held)
         return True
+
+    def daemon_lock(self) -> DaemonLock:
+        """The lock that makes this the only enforcing daemon on the folder (see daemon_lock);
+        raises AlreadyRunning, naming the one that runs."""
+        return daemon_lock.take(self._dir(), self.root)
 
     # -- writing --------------------------------------------------------------------------
 
