@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,14 @@ class Machine:
 
     def add(self, pid: int, device: int = 0, memory: str = "7295mi") -> None:
         self.processes.append({"pid": pid, "device": device, "used_memory": memory})
+        self.write()
+
+    def add_many(self, placements: list[tuple[int, int, str]]) -> None:
+        """(pid, device, memory) for each: one write for them all."""
+        self.processes.extend(
+            {"pid": pid, "device": device, "used_memory": memory}
+            for pid, device, memory in placements
+        )
         self.write()
 
     def remove(self, pid: int) -> None:
@@ -351,15 +360,21 @@ class Genv:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
-    def start(self, *args: str) -> Daemon:
-        """``genv enforce ARGS`` in the background."""
+    def start(self, *args: str, open_files: int | None = None) -> Daemon:
+        """``genv enforce ARGS`` in the background; ``open_files`` starts it with that soft
+        limit of open descriptors (RLIMIT_NOFILE)."""
         self._count += 1
         out = self.shared_dir / f"daemon{self._count}.out"
         err = self.shared_dir / f"daemon{self._count}.err"
         out_file, err_file = open(out, "w"), open(err, "w")  # noqa: SIM115
+        preexec = None
+        if open_files is not None:
+            def preexec() -> None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
         process = subprocess.Popen(
             self.command("enforce", *args), env=self.env, stdout=out_file, stderr=err_file,
-            stdin=subprocess.DEVNULL, cwd=self.shared_dir,
+            stdin=subprocess.DEVNULL, cwd=self.shared_dir, preexec_fn=preexec,
         )
         daemon = Daemon(process, out, err, [out_file, err_file], json=_wants_json(args))
         self.daemons.append(daemon)

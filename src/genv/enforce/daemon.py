@@ -32,8 +32,7 @@ log = logging.getLogger("genv.enforce")
 
 _DetachKey = tuple[int, str, int]
 _LOOK_AGAIN = 0.05  # seconds, for processes in their grace without a pidfd
-# Problems a skipped cycle did not look at again: they stay as they were (not "resolved").
-_SKIP_KEYS = ("gpus", "state", "partial")
+_UNAVAILABLE = "cannot take a snapshot of the GPUs"
 
 
 class _Memo:
@@ -88,8 +87,8 @@ class Enforcer:
             self.reporter.cycle(CycleReport(started, self.clock() - started, False, "failed"))
             raise
         if skipped in ("gpus", "state"):
-            kept = {k: v for k, v in self.problems.active.items() if k not in _SKIP_KEYS}
-            problems = {**kept, **problems}
+            # What this cycle did not get to look at stays as it was, not "resolved".
+            problems = {**self.problems.active, **problems}
         elif skipped == "partial" and "detach" in self.problems.active:
             problems.setdefault("detach", self.problems.active["detach"])
         self.problems.update(problems)
@@ -112,10 +111,16 @@ class Enforcer:
             with self.stopper.interruptible():
                 snapshot, gpus, state = self.observer.observe()
         except BackendError as error:
-            problems["gpus"] = (
-                f"cannot take a snapshot of the GPUs: {error}; nothing is terminated or "
-                "detached until they can be read"
+            message = (
+                f"{_UNAVAILABLE}: {error}; nothing is terminated or detached until they can be read"
             )
+            previous = self.problems.active.get("gpus", "")
+            if previous.startswith(_UNAVAILABLE) and previous != message:
+                # The same outage, told in other words (NVML counts down to its next try):
+                # said once when it began, once when it ends.
+                log.debug("%s", message)
+                message = previous
+            problems["gpus"] = message
             return None, "gpus", False
         except StateError as error:
             problems["state"] = (
@@ -137,7 +142,7 @@ class Enforcer:
             memo.problems = _problems_of(snapshot, state, gpus.errors)
         problems.update(memo.problems)
         if gpus.partial:
-            problems["partial"] = (
+            problems["gpus"] = (
                 "the GPUs could be read only in part; nothing is terminated or detached "
                 "until they can be read whole"
             )
