@@ -304,11 +304,17 @@ class Daemon:
 
 
 def _preload_genv() -> None:
-    """Import what ``genv enforce`` needs, so that a forked child that gave up root (and with
-    it the interpreter's folder, which may be private) needs no further imports."""
+    """Import what ``genv enforce``, ``genv envs`` and ``genv devices`` need, so that a forked
+    child that gave up root (and with it the interpreter's folder, which may be private)
+    needs no further imports."""
+    import secrets  # noqa: F401 - the store's writers import it when they first write
+    import shutil  # noqa: F401
+
     import genv.backends.choose  # noqa: F401
     import genv.backends.fake  # noqa: F401
+    import genv.cli.devices  # noqa: F401
     import genv.cli.enforce  # noqa: F401
+    import genv.cli.envs  # noqa: F401
     import genv.cli.main
     import genv.enforce.daemon  # noqa: F401
     import genv.enforce.executor  # noqa: F401
@@ -467,7 +473,10 @@ class Genv:
 
     def attachments(self) -> list[tuple[str, str]]:
         """(index, eid) of every attachment, from ``genv devices --format csv``."""
-        rows = self.run("devices", "ps", "--format", "csv", "--no-header").stdout.splitlines()
+        # (root's listing exits 1 while some state file is unusable; it still lists)
+        done = self.run("devices", "ps", "--format", "csv", "--no-header", check=False)
+        assert "Traceback" not in done.stderr, done.stderr
+        rows = done.stdout.splitlines()
         found = []
         for row in rows:
             index, _, rest = row.partition(",")

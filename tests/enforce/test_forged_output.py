@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -42,11 +43,11 @@ def test_one_line_escapes_what_would_break_a_line_and_nothing_else():
 
 def start_forger(procs, shared_dir, bob):
     """Bob's process named (comm) and called (argv) like a line of genv enforce, with a claim
-    that is no environment id: a shell run through a link whose name is that line, with the
-    line as its $0 too."""
+    that is no environment id: run through a link whose name is that line, with the line in
+    its argv too."""
     link = shared_dir / FORGED.replace("/", "_")  # (a name holds no slash)
-    os.symlink(os.path.realpath("/bin/sh"), link)
-    process = procs.start([str(link), "-c", "sleep 300; exit 0", FORGED], user=bob,
+    os.symlink(os.path.realpath(shutil.which("tail") or "/usr/bin/tail"), link)
+    process = procs.start([str(link), "-f", "/dev/null", FORGED], user=bob,
                           env={"GENV_ENVIRONMENT_ID": f"e1{FORGED}"})
     wait_cmdline(process.pid, FORGED)
     with open(f"/proc/{process.pid}/comm", "rb") as comm:
