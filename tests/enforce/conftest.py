@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ from pathlib import Path
 import pytest
 
 from genv.backends.machine_file import write_machine
+
+from enforce_helpers import json_lines
 
 IS_ROOT = os.geteuid() == 0
 ALICE = "alice"
@@ -96,6 +99,14 @@ class Machine:
         self.processes.append({"pid": pid, "device": device, "used_memory": memory})
         self.write()
 
+    def add_many(self, placements: list[tuple[int, int, str]]) -> None:
+        """(pid, device, memory) for each: one write for them all."""
+        self.processes.extend(
+            {"pid": pid, "device": device, "used_memory": memory}
+            for pid, device, memory in placements
+        )
+        self.write()
+
     def remove(self, pid: int) -> None:
         self.processes = [p for p in self.processes if p["pid"] != pid]
         self.write()
@@ -139,9 +150,13 @@ class Procs:
         env: dict[str, str] | None = None,
         eid: str | None = None,
         ready: str | None = None,
+        ignore_sigterm: bool = False,
+        pause: bool = True,
     ) -> subprocess.Popen:
         """Start ``argv`` (default ``sleep 300``) as ``user`` with ``env``; ``eid`` sets
-        GENV_ENVIRONMENT_ID. With ``ready``, wait until the process prints that line."""
+        GENV_ENVIRONMENT_ID. With ``ready``, wait until the process prints that line. With
+        ``ignore_sigterm`` it ignores SIGTERM from its start (an ignored signal stays ignored
+        across exec), so only SIGKILL ends it."""
         environment = {"PATH": PATH, "LANG": "C.UTF-8"}
         if eid is not None:
             environment["GENV_ENVIRONMENT_ID"] = eid
@@ -149,23 +164,29 @@ class Procs:
         kwargs: dict = {}
         if user is not None and user.uid != os.geteuid():
             kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
-        process = subprocess.Popen(
-            argv or [SLEEP, "300"],
-            env=environment,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            **kwargs,
-        )
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if ignore_sigterm else None
+        try:
+            process = subprocess.Popen(
+                argv or [SLEEP, "300"],
+                env=environment,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                **kwargs,
+            )
+        finally:
+            if ignore_sigterm:
+                signal.signal(signal.SIGTERM, previous)
         self.started.append(process)
         if ready:
             line = process.stdout.readline().strip()
             assert line == ready, f"process {process.pid} said {line!r}, not {ready!r}"
         # create_time has a resolution of one clock tick: keep the processes of a test
         # strictly ordered, oldest first, as the rules choose the newest ones
-        time.sleep(0.03)
+        if pause:
+            time.sleep(0.03)
         return process
 
     @staticmethod
@@ -215,14 +236,21 @@ class Result:
         return self.stdout.splitlines()
 
 
+def _wants_json(args: tuple[str, ...]) -> bool:
+    return any(a == "--log-format" and b == "json" for a, b in zip(args, args[1:], strict=False))
+
+
 @dataclass
 class Daemon:
-    """``genv enforce`` running in the background, its output going to files."""
+    """``genv enforce`` running in the background, its output going to files. With
+    ``--log-format json``, every line it wrote is checked against docs/log-schema.json when
+    it is stopped or closed."""
 
     process: subprocess.Popen
     out: Path
     err: Path
     files: list = field(default_factory=list)
+    json: bool = False
 
     def stdout(self) -> str:
         return self.out.read_text()
@@ -270,15 +298,23 @@ class Daemon:
             self.process.wait(timeout=5)
         for handle in self.files:
             handle.close()
+        if self.files and self.json:
+            json_lines(self.stdout())
         self.files.clear()
 
 
 def _preload_genv() -> None:
-    """Import what ``genv enforce`` needs, so that a forked child that gave up root (and with
-    it the interpreter's folder, which may be private) needs no further imports."""
+    """Import what ``genv enforce``, ``genv envs`` and ``genv devices`` need, so that a forked
+    child that gave up root (and with it the interpreter's folder, which may be private)
+    needs no further imports."""
+    import secrets  # noqa: F401 - the store's writers import it when they first write
+    import shutil  # noqa: F401
+
     import genv.backends.choose  # noqa: F401
     import genv.backends.fake  # noqa: F401
+    import genv.cli.devices  # noqa: F401
     import genv.cli.enforce  # noqa: F401
+    import genv.cli.envs  # noqa: F401
     import genv.cli.main
     import genv.enforce.daemon  # noqa: F401
     import genv.enforce.executor  # noqa: F401
@@ -315,6 +351,8 @@ class Genv:
             timeout=timeout, cwd=self.shared_dir, stdin=subprocess.DEVNULL,
         )
         result = Result(done.returncode, done.stdout, done.stderr)
+        if _wants_json(args) and done.returncode == 0:
+            json_lines(done.stdout)
         if check:
             assert done.returncode == 0, (
                 f"genv {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
@@ -328,17 +366,23 @@ class Genv:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
-    def start(self, *args: str) -> Daemon:
-        """``genv enforce ARGS`` in the background."""
+    def start(self, *args: str, open_files: int | None = None) -> Daemon:
+        """``genv enforce ARGS`` in the background; ``open_files`` starts it with that soft
+        limit of open descriptors (RLIMIT_NOFILE)."""
         self._count += 1
         out = self.shared_dir / f"daemon{self._count}.out"
         err = self.shared_dir / f"daemon{self._count}.err"
         out_file, err_file = open(out, "w"), open(err, "w")  # noqa: SIM115
+        preexec = None
+        if open_files is not None:
+            def preexec() -> None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
         process = subprocess.Popen(
             self.command("enforce", *args), env=self.env, stdout=out_file, stderr=err_file,
-            stdin=subprocess.DEVNULL, cwd=self.shared_dir,
+            stdin=subprocess.DEVNULL, cwd=self.shared_dir, preexec_fn=preexec,
         )
-        daemon = Daemon(process, out, err, [out_file, err_file])
+        daemon = Daemon(process, out, err, [out_file, err_file], json=_wants_json(args))
         self.daemons.append(daemon)
         return daemon
 
@@ -400,7 +444,10 @@ class Genv:
                 os.waitpid(pid, 0)
                 raise AssertionError(f"genv {' '.join(args)} as {user.name} did not finish")
             time.sleep(0.02)
-        return Result(os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        result = Result(os.waitstatus_to_exitcode(status), out.read_text(), err.read_text())
+        if _wants_json(args) and result.rc == 0:
+            json_lines(result.stdout)
+        return result
 
     def close(self) -> None:
         for daemon in self.daemons:
@@ -426,7 +473,10 @@ class Genv:
 
     def attachments(self) -> list[tuple[str, str]]:
         """(index, eid) of every attachment, from ``genv devices --format csv``."""
-        rows = self.run("devices", "ps", "--format", "csv", "--no-header").stdout.splitlines()
+        # (root's listing exits 1 while some state file is unusable; it still lists)
+        done = self.run("devices", "ps", "--format", "csv", "--no-header", check=False)
+        assert "Traceback" not in done.stderr, done.stderr
+        rows = done.stdout.splitlines()
         found = []
         for row in rows:
             index, _, rest = row.partition(",")

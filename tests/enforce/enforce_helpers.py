@@ -1,4 +1,9 @@
-"""Lines and programs the end-to-end enforcement tests share."""
+"""Lines and programs the end-to-end enforcement tests share, and the JSON log checker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 IGNORES_SIGTERM = (
     "import signal, time\n"
@@ -14,3 +19,73 @@ def not_in_env(pid: int) -> str:
 
 def terminating(pid: int, eid: str = "N/A", devices: str = "0") -> str:
     return f"Terminating process {pid} from environment {eid} that is running on GPU(s) {devices}"
+
+
+# -- the JSON log schema -------------------------------------------------------------------
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "log-schema.json"
+_validator = None
+VALIDATED: list[dict] = []  # every JSON line the enforcement tests produced, once validated
+
+
+def log_validator():
+    """docs/log-schema.json, as a validator (checked itself once)."""
+    global _validator
+    if _validator is None:
+        import jsonschema
+
+        schema = json.loads(SCHEMA_PATH.read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        _validator = jsonschema.Draft202012Validator(schema)
+    return _validator
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of ``text`` (genv enforce --log-format json's stdout) parsed and validated
+    against the schema; an invalid line fails the test that produced it."""
+    validator = log_validator()
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        errors = sorted(validator.iter_errors(record), key=str)
+        assert not errors, f"{line}\ndoes not follow docs/log-schema.json: {errors[0].message}"
+        records.append(record)
+    VALIDATED.extend(records)
+    return records
+
+
+# -- acting as another user ----------------------------------------------------------------
+
+
+def as_user(user, action) -> object:  # noqa: ANN001 - a conftest User and any callable
+    """Run ``action()`` in a forked child that became ``user`` (uid, gid, no groups), as that
+    user would: file operations in the state folder, say. Returns what it returned (repr'd);
+    what it raised is raised here as an AssertionError."""
+    import os
+    import traceback
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            said = "ok " + repr(action())
+            code = 0
+        except BaseException:
+            said = "error " + traceback.format_exc()
+        finally:
+            try:
+                os.write(write, said.encode())
+            finally:
+                os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode()
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise AssertionError(f"as {user.name}: {said}")
+    return said[3:]

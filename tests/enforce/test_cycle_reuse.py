@@ -107,3 +107,75 @@ def test_a_state_change_is_seen_even_when_the_gpus_read_the_same(world):
     assert f"Process {member.pid} from environment e1 is using non-attached GPU(s) 0" in (
         out.getvalue()
     )
+
+
+class Recorder:
+    """A second sink, as a metrics exporter would be: every event, every cycle."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.cycles: list = []
+
+    def finding(self, finding):
+        self.events.append(("finding", finding.rule))
+
+    def terminating(self, termination):
+        self.events.append(("terminating", termination.process.pid))
+
+    def outcome(self, termination, outcome, error=""):
+        self.events.append(("outcome", outcome.value))
+
+    def killing(self, kill):
+        self.events.append(("killing", kill.termination.process.pid))
+
+    def detaching(self, detachment):
+        self.events.append(("detaching", detachment.device_index))
+
+    def detach_failed(self, detachments, error):
+        self.events.append(("detach_failed", error))
+
+    def cycle(self, report):
+        self.cycles.append(report)
+
+
+def test_a_second_reporter_is_told_every_event_and_every_cycle(world):
+    start, describe, store, enforcer, out = world
+    recorder = Recorder()
+    enforcer.add_reporter(recorder)
+    member = env_with_member(start, describe, store)
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 1; done"])
+    try:
+        wait_environ(member.pid)
+        describe((member, 0), (stubborn, 1))
+        enforcer.terminator.grace = 0  # its SIGKILL is due at once
+
+        enforcer.cycle()
+        enforcer.escalate()
+        second = enforcer.cycle()  # nothing new to say
+
+        assert recorder.events == [
+            ("finding", "non-env-processes"),
+            ("terminating", stubborn.pid),
+            ("outcome", "signalled"),
+            ("killing", stubborn.pid),
+        ]
+        assert [c.acted for c in recorder.cycles] == [True, True]
+        assert recorder.cycles[0].terminations == 1 and not recorder.cycles[0].reused
+        assert all(c.duration >= 0 for c in recorder.cycles)
+        assert stubborn.wait(timeout=5) == -9
+
+        enforcer.config = RuleConfig(non_env_processes=True, max_devices_per_user=0)
+        enforcer.cycle()
+        assert recorder.events[4:] == [
+            ("finding", "max-devices-per-user"),
+            ("terminating", member.pid),
+            ("outcome", "signalled"),
+            ("detaching", 0),
+        ]
+        assert second is not None
+        # the terminal reporter said the same, in the product description's words
+        assert out.getvalue().splitlines()[-1] == "Detaching environment e1 of user root " \
+                                                  "from device 0"
+    finally:
+        stubborn.kill()
+        stubborn.wait()

@@ -4,17 +4,18 @@ says each problem once."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 
 from genv.domain.models import GpuSnapshot
 from genv.domain.observation import Membership, Observation, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.daemon import Enforcer
-from genv.enforce.executor import Detacher, Terminator
+from genv.enforce.executor import Detacher, Kill, Outcome, Terminator
 from genv.enforce.findings import Finding, Termination
-from genv.enforce.report import RECORD_FIELDS, ProblemLog, Reporter
+from genv.enforce.report import RECORD_FIELDS, ProblemLog, Reporter, Reporters
 from genv.enforce.rules import RuleConfig
 from genv.store import State
+
+from enforce_helpers import json_lines
 
 EMPTY = Observation(devices=(), processes=(), environments=(), attachments=())
 
@@ -74,24 +75,56 @@ def test_problems_are_logged_when_they_appear_change_and_go(caplog):
     ]
 
 
-def test_every_json_line_has_every_field():
+def test_every_json_line_has_every_field_and_follows_the_schema():
     stream = io.StringIO()
     reporter = Reporter(json_lines=True, dry_run=True, stream=stream)
-    facts = ProcessFacts(42, 1.0, 0, "root", "python", None)
+    facts = ProcessFacts(42, 1, 0, "root", "python", None)
     process = ObservedProcess(facts, (Usage(0, 10**9),), Membership.NO_ENV)
     termination = Termination(process, "non-env-processes", "why", (0,), chosen=True)
     reporter.finding(Finding("non-env-processes", "Process 42 is not running in a GPU "
                              "environment", (termination,)))
     reporter.terminating(termination)
-    reporter.killing(termination, 1)
+    reporter.killing(Kill(termination, Outcome.SIGNALLED, 1.0))
+    reporter.killing(Kill(termination, Outcome.SIGNALLED, 10.0, left=7.5))
 
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    records = json_lines(stream.getvalue())
 
-    assert [r["action"] for r in records] == ["finding", "terminate", "kill"]
+    assert [r["action"] for r in records] == ["finding", "terminate", "kill", "kill"]
     for record in records:
-        assert {"time", "message", *RECORD_FIELDS} <= set(record)
+        assert {"time", "message", "dry_run", *RECORD_FIELDS} <= set(record)
         assert record["dry_run"] is True
-    assert records[1]["memory"] == "1000m"
+        assert record["host"] is None
+    assert records[1]["memory"] == 10**9
+    assert records[1]["process"] == "python"
     assert records[2]["message"] == (
         "Killing process 42 from environment N/A, which did not exit within 1 seconds of SIGTERM"
     )
+    assert records[3]["message"] == (
+        "Killing process 42 from environment N/A before genv enforce stops (7.5 of its 10 "
+        "seconds of grace were left)"
+    )
+
+
+def test_a_failing_sink_stops_neither_enforcement_nor_the_other_sinks(caplog):
+    class Broken:
+        def __getattr__(self, name):
+            def fail(*args):
+                raise BrokenPipeError(32, "Broken pipe")
+
+            return fail
+
+    told = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return lambda *args: told.append(name)
+
+    reporters = Reporters(Broken(), Counting())
+    facts = ProcessFacts(42, 1, 0, "root", "python", None)
+    process = ObservedProcess(facts, (Usage(0, 1),), Membership.NO_ENV)
+    termination = Termination(process, "non-env-processes", "why", (0,))
+    with caplog.at_level(logging.ERROR, logger="genv.enforce"):
+        for _ in range(3):
+            reporters.terminating(termination)
+    assert told == ["terminating"] * 3
+    assert caplog.text.count("the report to Broken failed") == 1  # once, not per event

@@ -3,7 +3,6 @@ admin reads, and which processes really died."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from enforce_helpers import IGNORES_SIGTERM, not_in_env, terminating
+from enforce_helpers import IGNORES_SIGTERM, json_lines, not_in_env, terminating
 
 HEADER = "ID      ENV ID      ENV NAME        ATTACHED"
 
@@ -336,7 +335,7 @@ def test_json_log_format(genv, machine, procs, env_of):
     result = genv.enforce("--log-format", "json", "--non-env-processes",
                           "--max-devices-per-user", "1")
 
-    records = [json.loads(line) for line in result.lines]
+    records = json_lines(result.stdout)
     keys = {"time", "rule", "pid", "uid", "user", "environment", "device", "memory", "reason",
             "action"}
     for record in records:
@@ -356,14 +355,14 @@ def test_json_log_format(genv, machine, procs, env_of):
     assert terminate == {
         **terminate,
         "rule": "non-env-processes", "pid": stray.pid, "uid": 0, "user": "root",
-        "environment": None, "device": [0], "memory": "7649m",
+        "environment": None, "device": [0], "memory": 7295 * 2**20, "process": "sleep",
         "message": terminating(stray.pid),
     }
     assert terminate["reason"]
     (detach,) = by_action["detach"]
     # root's stray process is on device 0 too: device 1, attached last, goes
     assert (detach["rule"], detach["environment"], detach["device"], detach["user"]) == (
-        "max-devices-per-user", "e1", 1, "root")
+        "max-devices-per-user", "e1", [1], "root")
     assert procs.wait_dead(stray)
 
 

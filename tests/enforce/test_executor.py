@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, Usage
-from genv.enforce.executor import Outcome, Terminator
+from genv.enforce.executor import Kill, Outcome, Terminator
 from genv.enforce.findings import Termination
 
 from support import start_of
@@ -86,7 +86,8 @@ def test_sigkill_after_the_grace_for_a_process_ignoring_sigterm(procs):
     clock.now = 1005.0
     killed = terminator.escalate_due()
 
-    assert killed == [(termination, Outcome.SIGNALLED)]
+    assert killed == [Kill(termination, Outcome.SIGNALLED, 5)]
+    assert not killed[0].early
     assert procs.wait_dead(stubborn)
     assert stubborn.returncode == -signal.SIGKILL
     assert terminator.pending == 0

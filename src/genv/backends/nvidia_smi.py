@@ -238,8 +238,10 @@ class NvidiaSmiBackend:
             raise BackendError(f"cannot run {self.executable}: {error.strerror or error}") from None
         try:
             stdout, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            _abandon(process)
+        except BaseException as error:
+            _abandon(process)  # on a timeout, and when the daemon is told to stop meanwhile
+            if not isinstance(error, subprocess.TimeoutExpired):
+                raise
             raise BackendError(
                 f"{self.executable} did not answer within {self.timeout:g} seconds: "
                 f"check the NVIDIA driver, or try GENV_GPU_BACKEND=nvml ({TIMEOUT_VAR} sets "

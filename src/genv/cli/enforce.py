@@ -6,9 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from genv.cli.common import checked
 from genv.domain import validate
+
+if TYPE_CHECKING:
+    from genv.enforce.signals import Stopper
 
 log = logging.getLogger("genv.enforce")
 
@@ -129,7 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         nargs="+",
         default=[],
         metavar="NAME",
-        help="programs never terminated, by executable name (e.g. Xorg)",
+        help="programs never terminated: a path, or a name found on PATH when genv enforce "
+        "starts (e.g. Xorg); matched by the program a process runs (/proc/PID/exe), never "
+        "by the name it gives itself",
     )
     acting = parser.add_argument_group("acting")
     acting.add_argument(
@@ -157,6 +163,32 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genv.enforce.signals import Stopper
+
+    # First of all: from here on SIGTERM and SIGINT stop the daemon cleanly, at any moment.
+    stopper = Stopper()
+    stopper.install()
+    try:
+        return _run(args, stopper)
+    finally:
+        stopper.close()
+
+
+def _configure_logging(level: str) -> None:
+    from genv.enforce.report import OneLineFormatter
+
+    library = logging.getLogger("genv")  # the daemon logs in its own format, not as warnings
+    library.handlers.clear()
+    library.setLevel(logging.NOTSET)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("genv enforce: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.backends import open_backend
     from genv.enforce.daemon import Enforcer
     from genv.enforce.executor import Detacher, Terminator
@@ -166,14 +198,8 @@ def run(args: argparse.Namespace) -> int:
     from genv.store import Store
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
-    library = logging.getLogger("genv")  # the daemon logs in its own format, not as warnings
-    library.handlers.clear()
-    library.setLevel(logging.NOTSET)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="genv enforce: %(levelname)s: %(message)s",
-    )
+    _configure_logging(args.log_level)
+    log.debug("started as pid %d; SIGTERM or SIGINT stops it", os.getpid())
     config = RuleConfig(
         non_env_processes=args.non_env_processes,
         env_devices=args.env_devices,
@@ -190,26 +216,35 @@ def run(args: argparse.Namespace) -> int:
             "not running as root: other users' GPU processes can be neither identified "
             "nor terminated (permission); run it with sudo"
         )
-    if args.interval == 0:
-        watcher = None  # one cycle: nothing to follow from one cycle to the next
-        store = Store()
-    else:
-        raise_open_file_limit()  # the watcher holds one descriptor per process
+    daemon = args.interval != 0
+    if daemon:
+        # One descriptor per GPU process (the watcher) and per process in its grace.
+        raise_open_file_limit()
         watcher = ProcessWatcher()
         # The registered processes have a watcher of their own: the store asks about them
         # only when something changed, the observer about GPU processes every cycle.
         store = Store(watcher=ProcessWatcher())
-    enforcer = Enforcer(
-        Observer(open_backend(), store, watcher),
-        config,
-        Terminator(args.grace, dry_run=args.dry_run),
-        Detacher(store, dry_run=args.dry_run),
-        Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
-    )
-    if args.interval == 0:
-        return 0 if enforcer.run_once() else 1
-    enforcer.install_signal_handlers()
-    log.info("enforcing every %gs", args.interval)
-    enforcer.run_forever(args.interval)
-    log.info("stopped")
-    return 0
+    else:
+        watcher = None  # one cycle: nothing to follow from one cycle to the next
+        store = Store()
+    lock = None
+    if daemon and not args.dry_run:
+        lock = store.daemon_lock()  # a second daemon on this folder stops here, in one line
+    try:
+        enforcer = Enforcer(
+            Observer(open_backend(), store, watcher),
+            config,
+            Terminator(args.grace, dry_run=args.dry_run),
+            Detacher(store, dry_run=args.dry_run),
+            Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
+            stopper=stopper,
+        )
+        if not daemon:
+            return 0 if enforcer.run_once() else 1
+        log.info("enforcing every %gs", args.interval)
+        enforcer.run_forever(args.interval)
+        log.info("stopped")
+        return 0
+    finally:
+        if lock is not None:
+            lock.close()

@@ -3,7 +3,10 @@
 Termination is SIGTERM, then SIGKILL for a process still there after the grace period. A
 process is signalled through a pidfd, opened and then checked against the start the
 observation saw (ticks since boot), so a pid that was reused by another process is never
-hit. Each termination stands alone: an error in one never stops the others.
+hit. The pidfds of the processes in their grace sit in one epoll: the daemon sleeps on it and
+learns with one call which of thousands exited. Each termination stands alone: what the system
+refuses for one (EPERM, a vanished process, an unexpected OSError) is that one's outcome and
+never stops the others.
 """
 
 from __future__ import annotations
@@ -34,15 +37,37 @@ class Outcome(Enum):
     DRY_RUN = "dry-run"
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A SIGKILL at the end of a grace period, or earlier because genv enforce stops."""
+
+    termination: Termination
+    outcome: Outcome
+    grace: float
+    left: float = 0.0  # seconds of the grace that were left: more than 0 when killed early
+    error: str = ""
+
+    @property
+    def early(self) -> bool:
+        return self.left > 0
+
+
 @dataclass
 class _Pending:
     termination: Termination
-    handle: int | None  # a pidfd; None where the kernel has no pidfds (then pid and start)
+    handle: int | None  # a pidfd; None without one (no pidfds, or none to spare): pid and start
     deadline: float
 
 
 def _pidfd_supported() -> bool:
     return hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+
+
+def describe(error: BaseException) -> str:
+    """One line about an unexpected error, for the log."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {error.errno})"
+    return f"{type(error).__name__}: {error}"
 
 
 class Terminator:
@@ -56,11 +81,18 @@ class Terminator:
         self.dry_run = dry_run
         self.clock = clock
         self._pending: dict[tuple[int, int], _Pending] = {}
+        self._by_fd: dict[int, tuple[int, int]] = {}
+        self._epoll: select.epoll | None = None
         self._use_pidfd = _pidfd_supported()
 
     # -- SIGTERM -----------------------------------------------------------------------
 
     def terminate(self, termination: Termination) -> Outcome:
+        """SIGTERM the very process of ``termination``; SIGKILL follows after the grace.
+
+        Raises OSError only for what the system refuses unexpectedly: the caller reports it as
+        FAILED for this one termination and goes on with the others.
+        """
         facts = termination.process.facts
         if facts.pid <= 1 or facts.pid == os.getpid() or facts.start is None:
             return Outcome.REFUSED
@@ -69,15 +101,16 @@ class Terminator:
         key = (facts.pid, facts.start)
         if key in self._pending:
             return Outcome.SIGNALLED  # already on its way out; SIGKILL follows on time
+        opened = self._open(facts.pid, facts.start)
+        if isinstance(opened, Outcome):
+            return opened
         try:
-            opened = self._open(facts.pid, facts.start)
-            if isinstance(opened, Outcome):
-                return opened
             outcome = self._send(opened, facts.pid, facts.start, signal.SIGTERM)
-        except OSError:
-            return Outcome.FAILED
+        except BaseException:
+            self._close(opened)
+            raise
         if outcome is Outcome.SIGNALLED:
-            self._pending[key] = _Pending(termination, opened, self.clock() + self.grace)
+            self._add(key, _Pending(termination, opened, self.clock() + self.grace))
         else:
             self._close(opened)
         return outcome
@@ -89,9 +122,11 @@ class Terminator:
             except ProcessLookupError:
                 return Outcome.GONE
             except OSError as error:
-                if error.errno not in (errno.ENOSYS, errno.EINVAL):
+                if error.errno in (errno.ENOSYS, errno.EINVAL):
+                    self._use_pidfd = False  # an old kernel: pid and start from now on
+                elif error.errno not in (errno.EMFILE, errno.ENFILE):
                     raise
-                self._use_pidfd = False
+                # (out of descriptors: this one goes by pid and start)
             else:
                 # The pidfd names whatever process had the pid when it was opened; if that
                 # process still has the start the observation saw, it is the same one.
@@ -113,7 +148,7 @@ class Terminator:
             if handle is not None:
                 signal.pidfd_send_signal(handle, signum)
             else:
-                # No pidfds: check the identity right before signalling (a window of a few
+                # No pidfd: check the identity right before signalling (a window of a few
                 # microseconds remains, documented in docs/security.md).
                 if procfs.start_of(pid) != start:
                     return Outcome.GONE
@@ -129,66 +164,112 @@ class Terminator:
         facts = termination.process.facts
         return facts.start is not None and (facts.pid, facts.start) in self._pending
 
-    # -- SIGKILL after the grace period ------------------------------------------------
+    # -- the processes in their grace ----------------------------------------------------
+
+    def _add(self, key: tuple[int, int], pending: _Pending) -> None:
+        self._pending[key] = pending
+        if pending.handle is None:
+            return
+        try:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+            self._epoll.register(pending.handle, select.EPOLLIN)
+        except OSError:
+            # No epoll to spare: it is still watched, through /proc, at each escalation.
+            self._close(pending.handle)
+            pending.handle = None
+            return
+        self._by_fd[pending.handle] = key
+
+    def _forget(self, key: tuple[int, int]) -> None:
+        pending = self._pending.pop(key)
+        if pending.handle is not None:
+            self._by_fd.pop(pending.handle, None)
+            if self._epoll is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(pending.handle)
+            self._close(pending.handle)
+
+    def fileno(self) -> int | None:
+        """A descriptor that becomes readable when a process in its grace exits (None when
+        none is watched that way)."""
+        if self._epoll is None or not self._by_fd:
+            return None
+        return self._epoll.fileno()
+
+    def _exited(self) -> set[tuple[int, int]]:
+        """The processes in their grace that exited: one epoll call for those with a pidfd."""
+        gone: set[tuple[int, int]] = set()
+        if self._epoll is not None and self._by_fd:
+            for fd, _ in self._epoll.poll(0, maxevents=len(self._by_fd)):
+                key = self._by_fd.get(fd)
+                if key is not None:
+                    gone.add(key)
+        for key, pending in self._pending.items():
+            if pending.handle is None and procfs.start_of(key[0]) != key[1]:
+                gone.add(key)
+        return gone
 
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self._pending.values()), default=None)
-
-    def pidfds(self) -> list[int]:
-        """The descriptors that become readable when a pending process exits."""
-        return [p.handle for p in self._pending.values() if p.handle is not None]
-
-    def escalate_due(self, now_all: bool = False) -> list[tuple[Termination, Outcome]]:
-        """SIGKILL every pending process whose grace is over (all of them with ``now_all``);
-        forget those that exited."""
-        now = self.clock()
-        killed = []
-        for key, pending in list(self._pending.items()):
-            if self._exited(key, pending):
-                self._forget(key)
-            elif now_all or pending.deadline <= now:
-                try:
-                    outcome = self._send(pending.handle, key[0], key[1], signal.SIGKILL)
-                except OSError:
-                    outcome = Outcome.FAILED
-                killed.append((pending.termination, outcome))
-                self._forget(key)
-        return killed
-
-    def wait(self, timeout: float) -> None:
-        """Block until every pending process exited or ``timeout`` passed (one-shot runs)."""
-        deadline = self.clock() + timeout
-        while self._pending:
-            for key, pending in list(self._pending.items()):
-                if self._exited(key, pending):
-                    self._forget(key)
-            remaining = deadline - self.clock()
-            if not self._pending or remaining <= 0:
-                return
-            fds = self.pidfds()
-            if fds:
-                poller = select.poll()  # poll, not select: descriptors may be above 1024
-                for fd in fds:
-                    poller.register(fd, select.POLLIN)
-                poller.poll(min(remaining, 0.5) * 1000)
-            else:
-                time.sleep(min(remaining, 0.05))
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    @staticmethod
-    def _exited(key: tuple[int, int], pending: _Pending) -> bool:
-        if pending.handle is None:
-            return procfs.start_of(key[0]) != key[1]
-        poller = select.poll()
-        poller.register(pending.handle, select.POLLIN)
-        return bool(poller.poll(0))
+    @property
+    def unwatched(self) -> bool:
+        """Whether some process in its grace has no pidfd: its exit is noticed only by
+        looking again (the caller wakes up now and then for it)."""
+        return len(self._by_fd) < len(self._pending)
 
-    def _forget(self, key: tuple[int, int]) -> None:
-        pending = self._pending.pop(key)
-        self._close(pending.handle)
+    # -- SIGKILL after the grace period ------------------------------------------------
+
+    def escalate_due(self, now_all: bool = False) -> list[Kill]:
+        """SIGKILL every process whose grace is over (every one with ``now_all``: the daemon
+        is stopping); forget those that exited. A failure is that one's outcome."""
+        now = self.clock()
+        gone = self._exited()
+        kills = []
+        for key, pending in list(self._pending.items()):
+            if key in gone:
+                self._forget(key)
+                continue
+            if not now_all and pending.deadline > now:
+                continue
+            error = ""
+            try:
+                outcome = self._send(pending.handle, key[0], key[1], signal.SIGKILL)
+            except Exception as failure:  # one failure never stops the others
+                outcome, error = Outcome.FAILED, describe(failure)
+            kills.append(
+                Kill(
+                    pending.termination,
+                    outcome,
+                    self.grace,
+                    max(0.0, pending.deadline - now),
+                    error,
+                )
+            )
+            self._forget(key)
+        return kills
+
+    def wait(self, timeout: float) -> None:
+        """Block until every process in its grace exited or ``timeout`` passed."""
+        deadline = self.clock() + timeout
+        while self._pending:
+            for key in self._exited():
+                self._forget(key)
+            remaining = deadline - self.clock()
+            if not self._pending or remaining <= 0:
+                return
+            fd = self.fileno()
+            if fd is not None and len(self._by_fd) == len(self._pending):
+                poller = select.poll()  # poll, not select: descriptors may be above 1024
+                poller.register(fd, select.POLLIN)
+                poller.poll(min(remaining, 0.5) * 1000)
+            else:
+                time.sleep(min(remaining, 0.05))
 
     @staticmethod
     def _close(handle: int | None) -> None:
@@ -199,6 +280,9 @@ class Terminator:
     def close(self) -> None:
         for key in list(self._pending):
             self._forget(key)
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
 
 
 class Detacher:
@@ -214,7 +298,7 @@ class Detacher:
 
     def detach(self, detachments: list[Detachment], attachments: list[Attachment]) -> str | None:
         """Detach them all; returns an error line or None. ``attachments``: the attachments
-        observed, to find the ones named."""
+        observed, to find the ones named. Nothing is changed when it fails (a full disk)."""
         if self.dry_run or not detachments:
             return None
         wanted = {(d.uid, d.eid, d.device_index) for d in detachments}
@@ -233,4 +317,6 @@ class Detacher:
                 return "permission denied detaching other users' environments; run it with sudo"
         except StoreError as error:
             return str(error)
+        except OSError as error:  # the store says what it can; anything else is one line too
+            return describe(error)
         return None

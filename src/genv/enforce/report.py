@@ -1,5 +1,16 @@
-"""What enforcement tells the admin: the product description's lines on stdout (or one JSON
-object per finding and action), and problems through logging, once per change."""
+"""What enforcement tells: every event of the daemon goes to one sink, the Reporter.
+
+Events: a finding, a termination begun and its outcome, a SIGKILL, a detachment (told only
+once it is done), a detachment that failed, and the end of each cycle (its duration and
+whether it could act). The terminal Reporter prints the product description's lines on
+stdout (or one JSON object per finding and action, ``docs/log-schema.json``) and logs the
+rest; another sink (metrics) is attached beside it with ``Reporters.add``, without touching
+the loop. Problems that last (a bad file, a lost GPU) go through ProblemLog: once when they
+appear, once when they clear.
+
+No line can gain a line or a field from what users or their processes chose: every line is
+passed through ``one_line`` (validate.safe_text on each character that is not printable).
+"""
 
 from __future__ import annotations
 
@@ -7,53 +18,116 @@ import json
 import logging
 import sys
 import time
-from typing import TextIO
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TextIO
 
-from genv.domain.memory import format_memory
-from genv.enforce.executor import Outcome
+from genv.domain.validate import safe_text
+from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
 
 log = logging.getLogger("genv.enforce")
 
 DRY_RUN_PREFIX = "[dry-run] "
 
-# Every JSON line has all of these keys (null where one does not apply), so that log
-# pipelines can rely on them.
+# Every JSON line has all of these keys (null where one does not apply; ``device`` is always a
+# list), so that log pipelines can rely on them. docs/log-schema.json is the contract.
 RECORD_FIELDS = (
+    "host",
     "rule",
+    "action",
     "pid",
     "uid",
     "user",
     "environment",
+    "process",
     "device",
     "memory",
     "reason",
-    "action",
 )
+MAX_LINE = 4096
 
 
-def _devices(indices: tuple[int, ...]) -> str:
+def one_line(text: str) -> str:
+    """``text`` as one line that says only what it says: every character that could end the
+    line or hide text (control, format, separators) is escaped with safe_text; printable text,
+    backslashes included, is left as it is (so that text escaped before is not escaped twice)."""
+    if len(text) <= MAX_LINE and text.isprintable():
+        return text
+    escaped = "".join(c if c.isprintable() else safe_text(c) for c in text[:MAX_LINE])
+    return escaped + ("..." if len(text) > MAX_LINE else "")
+
+
+def _devices(indices: Sequence[int]) -> str:
     return ",".join(str(index) for index in indices)
 
 
+@dataclass(frozen=True)
+class CycleReport:
+    """One enforcement cycle, for sinks that count (metrics) and for the debug log.
+
+    ``acted`` is false when the cycle observed too little to act on (``skipped`` says why:
+    the GPUs could not be read, or only partly; the state folder could not be read); then
+    nothing was terminated or detached in it.
+    """
+
+    started: float  # time.monotonic() at its start
+    duration: float  # seconds
+    acted: bool
+    skipped: str | None = None
+    findings: int = 0
+    terminations: int = 0
+    detachments: int = 0
+    reused: bool = False  # the plan of the previous cycle was reused: nothing had changed
+
+
+class Sink(Protocol):
+    """What every reporter gets told, in the order it happens."""
+
+    def finding(self, finding: Finding) -> None: ...
+
+    def terminating(self, termination: Termination) -> None: ...
+
+    def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None: ...
+
+    def killing(self, kill: Kill) -> None: ...
+
+    def detaching(self, detachment: Detachment) -> None: ...
+
+    def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None: ...
+
+    def cycle(self, report: CycleReport) -> None: ...
+
+
 class Reporter:
+    """The terminal sink: the product description's lines (or JSON lines) on ``stream``."""
+
     def __init__(
-        self, json_lines: bool = False, dry_run: bool = False, stream: TextIO | None = None
+        self,
+        json_lines: bool = False,
+        dry_run: bool = False,
+        stream: TextIO | None = None,
+        host: str | None = None,
     ) -> None:
         self.json_lines = json_lines
         self.dry_run = dry_run
         self.stream = stream or sys.stdout
+        self.host = host  # the cluster's host name (genv remote); None on one host
 
-    def _emit(self, line: str, record: dict) -> None:
+    def _emit(self, line: str, record: dict[str, Any] | None) -> None:
+        line = one_line(line)
         if self.json_lines:
+            if record is None:
+                return
             record = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **dict.fromkeys(RECORD_FIELDS),
+                "device": [],
                 **record,
+                "host": self.host,
                 "message": line,
+                "dry_run": self.dry_run,
             }
-            if self.dry_run:
-                record["dry_run"] = True
             self.stream.write(json.dumps(record) + "\n")
         else:
             self.stream.write((DRY_RUN_PREFIX if self.dry_run else "") + line + "\n")
@@ -77,16 +151,24 @@ class Reporter:
             f"that is running on GPU(s) {_devices(termination.devices)}"
         )
         self._emit(line, self._process_record(termination, "terminate"))
-        if termination.chosen and not self.json_lines:
-            self._emit(f"  because {termination.reason}", {})
+        if termination.chosen:
+            self._emit(f"  because {termination.reason}", None)
 
-    def killing(self, termination: Termination, grace: float) -> None:
+    def killing(self, kill: Kill) -> None:
+        termination = kill.termination
+        if kill.outcome is not Outcome.SIGNALLED:
+            self.outcome(termination, kill.outcome, kill.error)
+            return
         process = termination.process
-        line = (
-            f"Killing process {process.pid} from environment {process.eid or 'N/A'}, which "
-            f"did not exit within {grace:g} seconds of SIGTERM"
-        )
-        self._emit(line, self._process_record(termination, "kill"))
+        who = f"process {process.pid} from environment {process.eid or 'N/A'}"
+        if kill.early:
+            line = (
+                f"Killing {who} before genv enforce stops ({kill.left:.1f} of its "
+                f"{kill.grace:g} seconds of grace were left)"
+            )
+        else:
+            line = f"Killing {who}, which did not exit within {kill.grace:g} seconds of SIGTERM"
+        self._emit(line, {**self._process_record(termination, "kill"), "grace": kill.grace})
 
     def detaching(self, detachment: Detachment) -> None:
         line = (
@@ -101,14 +183,17 @@ class Reporter:
                 "uid": detachment.uid,
                 "user": detachment.username,
                 "environment": detachment.eid,
-                "device": detachment.device_index,
+                "device": [detachment.device_index],
                 "reason": detachment.reason,
             },
         )
-        if detachment.chosen and not self.json_lines:
-            self._emit(f"  because {detachment.reason}", {})
+        if detachment.chosen:
+            self._emit(f"  because {detachment.reason}", None)
 
-    def _process_record(self, termination: Termination, action: str) -> dict:
+    def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None:
+        """Nothing on stdout (nothing was detached); the daemon logs the problem once."""
+
+    def _process_record(self, termination: Termination, action: str) -> dict[str, Any]:
         process = termination.process
         return {
             "rule": termination.rule,
@@ -117,12 +202,13 @@ class Reporter:
             "uid": process.facts.uid,
             "user": process.facts.username,
             "environment": process.eid,
+            "process": process.facts.name,
             "device": list(termination.devices),
-            "memory": format_memory(process.total_memory),
+            "memory": process.total_memory,
             "reason": termination.reason,
         }
 
-    def outcome(self, termination: Termination, outcome: Outcome) -> None:
+    def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None:
         """Say what went wrong, if anything; a process that vanished is not a problem."""
         pid = termination.process.pid
         if outcome is Outcome.DENIED:
@@ -140,6 +226,68 @@ class Reporter:
                 "process %d is never terminated (init, genv itself, or its start time is unknown)",
                 pid,
             )
+        elif outcome is Outcome.FAILED:
+            log.error("could not signal process %d: %s; the others go on", pid, error or "failed")
+
+    def cycle(self, report: CycleReport) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "cycle done in %.1f ms: %s; %d findings, %d terminations, %d detachments%s",
+                report.duration * 1000,
+                "acted" if report.acted else f"nothing done ({report.skipped})",
+                report.findings,
+                report.terminations,
+                report.detachments,
+                " (plan reused)" if report.reused else "",
+            )
+
+
+class Reporters:
+    """Several sinks told the same events, in order. A sink that fails (a closed stdout, a
+    metrics bug) is logged, when its error changes, and never stops enforcement nor the
+    other sinks."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks: list[Sink] = list(sinks)
+        self._errors: dict[int, str] = {}
+
+    def add(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def _each(self, event: str, *args: Any) -> None:
+        for index, sink in enumerate(self.sinks):
+            try:
+                getattr(sink, event)(*args)
+            except Exception as error:
+                said = f"{type(error).__name__}: {error}"
+                if self._errors.get(index) != said:
+                    self._errors[index] = said
+                    log.error(
+                        "the report to %s failed (%s); enforcement goes on",
+                        type(sink).__name__,
+                        said,
+                    )
+
+    def finding(self, finding: Finding) -> None:
+        self._each("finding", finding)
+
+    def terminating(self, termination: Termination) -> None:
+        self._each("terminating", termination)
+
+    def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None:
+        self._each("outcome", termination, outcome, error)
+
+    def killing(self, kill: Kill) -> None:
+        self._each("killing", kill)
+
+    def detaching(self, detachment: Detachment) -> None:
+        self._each("detaching", detachment)
+
+    def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None:
+        self._each("detach_failed", detachments, error)
+
+    def cycle(self, report: CycleReport) -> None:
+        self._each("cycle", report)
 
 
 class ProblemLog:
@@ -155,3 +303,14 @@ class ProblemLog:
         for key in self._active.keys() - problems.keys():
             log.info("resolved: %s", self._active[key])
         self._active = dict(problems)
+
+    @property
+    def active(self) -> dict[str, str]:
+        return dict(self._active)
+
+
+class OneLineFormatter(logging.Formatter):
+    """The daemon's log format: every record one line (a traceback too), see one_line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))

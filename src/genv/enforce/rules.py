@@ -44,13 +44,32 @@ class RuleConfig:
 
 
 def survey(snapshot: Observation, config: RuleConfig) -> list[Finding]:
-    """Run every enabled rule; exempt users and programs are invisible to all of them."""
+    """Run every enabled rule; exempt users and programs are invisible to all of them.
+
+    Invisible, not absent: whether a user has work on a device (which decides what to detach,
+    and what the line says about it) is told from all of their processes, exempt ones too.
+    """
     visible = _without_exempt(snapshot, config)
     findings: list[Finding] = []
     for enabled, rule in _RULES:
-        if enabled(config):
+        if not enabled(config):
+            continue
+        if rule is max_devices_per_user:
+            findings.extend(max_devices_per_user(visible, config, busy=busy_devices(snapshot)))
+        else:
             findings.extend(rule(visible, config))
     return findings
+
+
+def busy_devices(snapshot: Observation) -> set[tuple[int, int]]:
+    """(uid, device index) for every device where a process of that user runs: any process,
+    in an environment or not, whatever the rules make of it."""
+    return {
+        (process.facts.uid, index)
+        for process in snapshot.processes
+        if process.facts.uid is not None
+        for index in process.devices
+    }
 
 
 def _without_exempt(snapshot: Observation, config: RuleConfig) -> Observation:
@@ -87,6 +106,7 @@ def _process_details(process: ObservedProcess, devices: tuple[int, ...]) -> dict
         "uid": process.facts.uid,
         "user": process.facts.username,
         "environment": process.eid,
+        "process": process.facts.name,
         "device": list(devices),
         "memory": process.total_memory,
     }
@@ -276,17 +296,17 @@ def _owner_name(uid: int, snapshot: Observation) -> str:
     return f"uid {uid}"
 
 
-def max_devices_per_user(snapshot: Observation, config: RuleConfig) -> list[Finding]:
+def max_devices_per_user(
+    snapshot: Observation, config: RuleConfig, busy: set[tuple[int, int]] | None = None
+) -> list[Finding]:
+    """``busy``: (uid, device) where the user has any process (see busy_devices; by default
+    from ``snapshot``): a device is said to hold no work only when none of theirs runs there."""
     findings = []
     by_uid: dict[int, list[Attachment]] = defaultdict(list)
     for attachment in snapshot.attachments:
         by_uid[attachment.uid].append(attachment)
     envs = {env.key: env for env in snapshot.environments}
-    running: dict[tuple[int, int], bool] = {}  # (uid, device) -> any process of uid there
-    for process in snapshot.processes:
-        if process.facts.uid is not None:
-            for index in process.devices:
-                running[(process.facts.uid, index)] = True
+    running = busy if busy is not None else busy_devices(snapshot)
     for uid, attachments in sorted(by_uid.items()):
         if uid in config.exempt_uids:
             continue
@@ -302,20 +322,20 @@ def max_devices_per_user(snapshot: Observation, config: RuleConfig) -> list[Find
             f"User {username} is using {len(devices)} devices which is {over} more than "
             "the maximum allowed"
         )
-        busy = {index: running.get((uid, index), False) for index in devices}
+        busy_on = {index: (uid, index) in running for index in devices}
         latest = {
             index: max(a.time for a in attachments if a.device_index == index) for index in devices
         }
         # Least work lost: devices where no process of the user runs at all go first; then
         # the most recently attached.
-        chosen = sorted(devices, key=lambda index: (busy[index], -latest[index]))[:over]
+        chosen = sorted(devices, key=lambda index: (busy_on[index], -latest[index]))[:over]
         detachments = []
         terminations = []
         choice = len(devices) > over
         for index in chosen:
             reason = (
                 f"no process of user {username} runs on device {index}, so no work is lost"
-                if not busy[index]
+                if not busy_on[index]
                 else f"device {index} is the one user {username} attached most recently"
             )
             for a in attachments:
@@ -389,7 +409,13 @@ def max_memory_per_user(snapshot: Observation, config: RuleConfig) -> list[Findi
                 MAX_MEMORY_PER_USER,
                 message,
                 terminations=tuple(victims),
-                details={"uid": uid, "user": username, "memory": used, "limit": limit},
+                details={
+                    "uid": uid,
+                    "user": username,
+                    "device": sorted({i for p in processes for i in p.devices}),
+                    "memory": used,
+                    "limit": limit,
+                },
             )
         )
     return findings

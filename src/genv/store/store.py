@@ -27,7 +27,8 @@ from pathlib import Path
 from genv.domain.liveness import KernelsAlive, ProcessAlive, live_state
 from genv.domain.models import Attachment, UserRecords
 from genv.domain.state import State
-from genv.store import codec, legacy, names, safefs
+from genv.store import codec, daemon_lock, legacy, names, safefs
+from genv.store.daemon_lock import DaemonLock
 from genv.store.errors import PermissionRefused, StateError
 from genv.store.loader import Loaded, Loader
 from genv.store.locks import LOCK_MODE, user_lock
@@ -86,6 +87,7 @@ class Store:
         self._dir_fd: int | None = None
         self._legacy_cache: tuple[tuple[object, ...], legacy.LegacyState] | None = None
         self._legacy_live_cache: tuple[tuple[object, ...], float, dict] | None = None
+        self._removed = False  # the folder was removed under us: wait for it, never recreate
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
@@ -101,16 +103,25 @@ class Store:
         """The folder's descriptor; opened again when the folder was replaced.
 
         A folder removed (or replaced) under a long-lived reader would read as empty through
-        the old descriptor: that is never taken for "no environments".
+        the old descriptor: that is never taken for "no environments". A folder that was
+        removed is waited for (StateError until it is back), not made again empty: whoever
+        removed it may be putting it back.
         """
         if self._dir_fd is not None and not safefs.same_folder(self._dir_fd, self.root):
             os.close(self._dir_fd)
             self._dir_fd = None
             if not os.path.lexists(self.root):
-                raise StateError(f"the state folder {self.root} was removed; waiting for it")
-            log.warning("the state folder %s was replaced; reading the new one", self.root)
-            self.loader = self._new_loader()
+                self._removed = True
+            else:
+                log.warning("the state folder %s was replaced; reading the new one", self.root)
+                self.loader = self._new_loader()
         if self._dir_fd is None:
+            if self._removed:
+                if not os.path.lexists(self.root):
+                    raise StateError(f"the state folder {self.root} was removed; waiting for it")
+                log.warning("the state folder %s is back; reading it", self.root)
+                self._removed = False
+                self.loader = self._new_loader()
             self._dir_fd = safefs.ensure_state_dir(self.root)
         return self._dir_fd
 
@@ -122,8 +133,17 @@ class Store:
     # -- reading --------------------------------------------------------------------------
 
     def read(self) -> State:
-        """Every user's live environments and attachments, without taking any lock."""
-        return self.read_with_records()[0]
+        """Every user's live environments and attachments, without taking any lock.
+
+        What was read from a folder that was removed or replaced meanwhile (a dying folder
+        lists fewer files, or none) is thrown away: the new folder is read, or StateError
+        says the folder is gone.
+        """
+        for _ in range(3):
+            state, _ = self.read_with_records()
+            if self._dir_fd is not None and safefs.same_folder(self._dir_fd, self.root):
+                return state
+        raise StateError(f"the state folder {self.root} keeps changing while it is read")
 
     def read_with_records(self) -> tuple[State, Loaded]:
         dir_fd = self._dir()
@@ -276,6 +296,11 @@ class Store:
         with self.transaction(timeout=1.0) as tx:
             tx.set_holdings(held)
         return True
+
+    def daemon_lock(self) -> DaemonLock:
+        """The lock that makes this the only enforcing daemon on the folder (see daemon_lock);
+        raises AlreadyRunning, naming the one that runs."""
+        return daemon_lock.take(self._dir(), self.root)
 
     # -- writing --------------------------------------------------------------------------
 
