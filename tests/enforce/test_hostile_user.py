@@ -12,8 +12,8 @@ attack, end to end with the real ``genv enforce`` and real Linux users and proce
 from __future__ import annotations
 
 import os
-import stat
 import shutil
+import stat
 import time
 
 import pytest
