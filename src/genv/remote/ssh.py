@@ -114,8 +114,9 @@ def control_dir() -> str | None:
         return None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         return None
-    # A socket path is limited to about 100 bytes; %C is 40 hex digits.
-    return str(folder) if len(str(folder)) < 60 else None
+    # A socket path is at most 107 bytes: the folder, %C (40 hex digits) and the 17
+    # characters ssh adds while it creates the socket.
+    return str(folder) if len(str(folder)) <= 48 else None
 
 
 # -- what a failure means ------------------------------------------------------------------
@@ -127,7 +128,7 @@ def explain(host: Host, status: int | None, stderr: str, timeout: float) -> Host
     """One line for a failed ``ssh`` run: what happened on ``host`` and what to do."""
     text = stderr.strip()
     last = _last_line(text)
-    if status is None:
+    if status is None or (status == 255 and "timed out" in last):
         return HostError(host, f"did not answer within {timeout:g} s (-t); left alone", "timeout")
     if any(marker in text for marker in _CHANGED) and "verification failed" in text.lower():
         return HostError(
