@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from genv.backends.machine_file import write_machine
+
 from helpers_remote import Result
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -137,8 +138,9 @@ def ssh_site(linux_users: Any, user_runtime: Any) -> Iterator[SshSite]:
         if not home.exists():
             home.mkdir(mode=0o755, parents=True)
             homes.append(home)
-            (home / ".profile").write_text(
-                'PS1="genvtest$ "\neval "$(genv shell --init)"\n'
+            (home / ".profile").write_text(  # genv installed, and its shell integration
+                f'PATH="{user_runtime.bin_dir}:$PATH"\nPS1="genvtest$ "\n'
+                'eval "$(genv shell --init)"\n'
             )
             os.chown(home, user.uid, user.gid)
             os.chown(home / ".profile", user.uid, user.gid)
