@@ -77,7 +77,8 @@ def test_per_host_rules_name_the_host_own_processes():
 
 def test_exempt_user_by_name_on_every_host():
     views = [_host("a", "bob", 1001, [0], running=[2]), _host("b", "bob", 7, [0, 1, 2])]
-    plan = plan_cluster(views, ClusterRules(max_devices_per_user=1,
-                                            exempt_users=frozenset({"bob"})))
-    assert [f.finding.rule for f in plan.findings] == ["max-devices-per-user"]
-    assert not plan.findings[0].terminations  # bob's processes are never terminated
+    rules = ClusterRules(max_devices_per_user=1)
+    assert {f.finding.rule for f in plan_cluster(views, rules).findings} == {
+        "env-devices", "max-devices-per-user"}
+    exempt = ClusterRules(max_devices_per_user=1, exempt_users=frozenset({"bob"}))
+    assert plan_cluster(views, exempt).empty  # as on one host: no rule touches bob
