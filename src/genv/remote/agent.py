@@ -186,6 +186,8 @@ def _detachments(
     detachments, taken = [], []
     for item in _items(value):
         key = (item.get("uid"), item.get("eid"), item.get("device"), item.get("time"))
+        if not all(isinstance(part, (int, float, str)) for part in key):
+            continue
         attachment = known.get(key)  # type: ignore[arg-type]
         if attachment is None:
             continue
@@ -235,6 +237,19 @@ def serve(agent: HostAgent, stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 
 def handle(agent: HostAgent, line: bytes) -> dict[str, Any]:
+    """One answer; a bug answers an error line rather than end the agent (and with it
+    enforcement on this host until the controller connects again)."""
+    try:
+        return _handle(agent, line)
+    except Exception as error:  # noqa: BLE001 - see above
+        return {
+            "error": f"internal error in genv usage serve: {type(error).__name__}: {error}"[:500],
+            "id": None,
+            "events": [],
+        }
+
+
+def _handle(agent: HostAgent, line: bytes) -> dict[str, Any]:
     try:
         request = wire.loads(line)
     except wire.WireError as error:
