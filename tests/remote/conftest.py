@@ -175,6 +175,7 @@ class SimHost:
     folder: Path
     site: SshSite
     genv_on_path: bool = True
+    other_genv: str | None = None  # a folder with another genv to find first (e.g. 1.4.3)
     port: int = 0
     devices: list[dict[str, Any]] = field(default_factory=list)
     processes: list[dict[str, Any]] = field(default_factory=list)
@@ -229,6 +230,8 @@ class SimHost:
 
     def config(self) -> str:
         path = f"{self.site.runtime.bin_dir}:" if self.genv_on_path else ""
+        if self.other_genv:
+            path = f"{self.other_genv}:{path}"
         variables = " ".join(f"{k}={v}" for k, v in self.env().items())
         return "\n".join([
             f"ListenAddress {self.address}:{self.port}",
@@ -378,12 +381,13 @@ def cluster(ssh_site: SshSite) -> Iterator[Callable[..., SimCluster]]:
     folder = Path(tempfile.mkdtemp(prefix="genvtest-cluster-", dir="/tmp"))
     folder.chmod(0o755)
 
-    def make(count: int, jump: dict[str, str] | None = None,
-             no_genv: Sequence[str] = ()) -> SimCluster:
+    def make(count: int, jump: dict[str, str] | None = None, no_genv: Sequence[str] = (),
+             other_genv: dict[str, str] | None = None) -> SimCluster:
         base = 10 + 10 * len(made)
         hosts = [
             SimHost(f"h{i}", f"127.0.0.{base + i}", folder / f"c{len(made)}h{i}", ssh_site,
-                    genv_on_path=f"h{i}" not in no_genv)
+                    genv_on_path=f"h{i}" not in no_genv,
+                    other_genv=(other_genv or {}).get(f"h{i}"))
             for i in range(1, count + 1)
         ]
         for host in hosts:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pexpect
+import pytest
 
 from helpers_remote import env_on
 
@@ -41,6 +44,35 @@ def test_genv_missing_on_a_host(cluster):
     result = sim.run("devices", "--no-summary")
     assert result.rc == 0 and len(result.lines) == 2, result
     assert any(line.startswith("genv: h2: genv is not installed there")
+               for line in result.err_lines), result
+
+
+def _genv_143(user) -> str | None:
+    """A folder with genv 1.4.3's ``genv`` that ``user`` can run (the benchmark's, or one
+    installed by hand); None when there is none."""
+    here = Path(__file__).resolve().parents[2]
+    for venv in (here / "bench" / "out" / "peer", Path("/opt/genv-1.4.3"),
+                 Path("/opt/genv-peer")):
+        genv = venv / "bin" / "genv"
+        if genv.exists():
+            try:
+                probe = subprocess.run([str(genv), "version"], preexec_fn=user.become(),
+                                       capture_output=True, check=False, cwd="/", timeout=60)
+            except OSError:  # a folder the user may not enter
+                continue
+            if probe.returncode == 0:
+                return str(venv / "bin")
+    return None
+
+
+def test_genv_too_old_on_a_host(cluster, ssh_site):
+    old = _genv_143(ssh_site.admin)
+    if old is None:
+        pytest.skip("no genv 1.4.3 that test users can run (see ssh.explain's unit tests)")
+    sim = cluster(2, other_genv={"h2": old})
+    result = sim.run("devices", "--no-summary")
+    assert result.rc == 0 and len(result.lines) == 2, result
+    assert any(line.startswith("genv: h2: the genv there is too old or not this genv")
                for line in result.err_lines), result
 
 
