@@ -94,6 +94,28 @@ def test_host_killed_mid_run(cluster, sleeper):
     assert daemon.returncode == 0
 
 
+def test_host_hanging_mid_run_costs_one_timeout(cluster, sleeper):
+    """A host that stops answering on an open channel holds up one cycle by -t at most; then
+    it is left out, and the others are enforced while it is reconnected in the background."""
+    sim = cluster(3)
+    daemon = sim.popen("-t", "1", "enforce", "--interval", "0.3", "--non-env-processes",
+                       "--grace", "2", "--log-level", "debug")
+    try:
+        out, err = Lines(daemon.stdout), Lines(daemon.stderr)
+        err.wait_for("3 of 3 hosts answered")
+        sim["h3"].pause()
+        err.wait_for("h3: did not answer within 1 s")
+        err.wait_for("2 of 3 hosts answered")
+        stray = gpu_process(sim["h2"], sleeper, None, None, 0)
+        out.wait_for(f"[h2] Terminating process {stray.pid}")
+        wait_exit(stray)
+        assert err.count("WARNING: h3: ") == 1, err.lines
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert daemon.returncode == 0
+
+
 def test_changed_host_key_is_refused(cluster, sleeper):
     sim = cluster(2)
     sim["h2"].new_host_key()
