@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from genv.domain import validate
-from genv.domain.timefmt import time_since, timestamp
 from genv.store import State, Store
 
 
@@ -81,39 +79,3 @@ def add_table_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
         default=default("tui"),
         help="Output format (default: tui)",
     )
-
-
-def when(value: float, args: argparse.Namespace) -> str:
-    return timestamp(value) if getattr(args, "timestamp", False) else time_since(value)
-
-
-def print_table(
-    args: argparse.Namespace,
-    header: Sequence[str],
-    widths: Sequence[int],
-    rows: Iterable[Sequence[object]],
-) -> None:
-    """genv's fixed-width (tui) or comma-separated (csv) tables. Cells are escaped, so that
-    nothing in them can add a line or (in csv) a field."""
-    lines = []
-    if args.header:
-        lines.append(_line(args.format, header, widths))
-    lines.extend(_line(args.format, [_cell(v, args.format) for v in row], widths) for row in rows)
-    if lines:
-        print("\n".join(lines))
-
-
-def _cell(value: object, fmt: str) -> str:
-    text = validate.safe_text(str(value), 1024)
-    return text.replace(",", "\\x2c") if fmt == "csv" else text
-
-
-def _line(fmt: str, values: Sequence[str], widths: Sequence[int]) -> str:
-    if fmt == "csv":
-        return ",".join(values)
-    cells = [f"{value:<{width}}" for value, width in zip(values[:-1], widths, strict=True)]
-    return ("".join(cells) + values[-1]).rstrip()
-
-
-def print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))

@@ -7,6 +7,7 @@ import sys
 
 from genv.cli import common
 from genv.core import devices as core
+from genv.core import listing
 from genv.domain import validate
 from genv.domain.models import Attachment, Device
 from genv.domain.timefmt import timestamp
@@ -121,7 +122,7 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
     rows = _rows(devices, state)
     if args.format == "json":
         by_index = {d.index: d for d in devices}
-        common.print_json(
+        listing.print_json(
             [
                 {
                     "index": index,
@@ -150,8 +151,8 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
         if not attachments:
             table.append((index, "", "", ""))
         for a in attachments:
-            table.append((index, a.eid, names.get(a.env_key) or "", common.when(a.time, args)))
-    common.print_table(args, ("ID", "ENV ID", "ENV NAME", "ATTACHED"), (8, 12, 16), table)
+            table.append((index, a.eid, names.get(a.env_key) or "", listing.when(a.time, args)))
+    listing.print_table(args, ("ID", "ENV ID", "ENV NAME", "ATTACHED"), (8, 12, 16), table)
     return 1 if common.own_problem(state, store.caller_uid) else 0
 
 

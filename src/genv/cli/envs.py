@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 from genv.cli import common
-from genv.core import environments
+from genv.core import environments, listing
 from genv.domain import validate
 from genv.domain.models import Environment
+from genv.domain.timefmt import timestamp
 from genv.store import Store
 
 QUERIES = {
     "eid": lambda env: env.eid,
-    "creation": lambda env: common.timestamp(env.creation),
+    "creation": lambda env: timestamp(env.creation),
     "uid": lambda env: env.uid,
     "username": lambda env: env.username,
     "config.name": lambda env: env.config.name,
@@ -116,10 +117,10 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
     state = common.read_state(store)
     envs = sorted(state.environments, key=lambda env: env.creation)
     if args.format == "json":
-        common.print_json([_as_json(env) for env in envs])
+        listing.print_json([listing.environment_json(env) for env in envs])
     else:
         header = ("ID", "USER", "NAME", "CREATED", "PID(S)")
-        common.print_table(
+        listing.print_table(
             args,
             header,
             (8, 16, 16, 21),
@@ -128,7 +129,7 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
                     env.eid,
                     _user(env),
                     env.config.name or "",
-                    common.when(env.creation, args),
+                    listing.when(env.creation, args),
                     " ".join(str(pid) for pid in env.pids),
                 )
                 for env in envs
@@ -139,22 +140,6 @@ def _ps(store: Store, args: argparse.Namespace) -> int:
 
 def _user(env: Environment) -> str:
     return f"{env.username}({env.uid})" if env.username else str(env.uid)
-
-
-def _as_json(env: Environment) -> dict:
-    return {
-        "eid": env.eid,
-        "uid": env.uid,
-        "username": env.username,
-        "creation": env.creation,
-        "config": {
-            "name": env.config.name,
-            "gpus": env.config.gpus,
-            "gpu_memory": env.config.gpu_memory,
-        },
-        "pids": list(env.pids),
-        "kernel_ids": list(env.kernel_ids),
-    }
 
 
 def _query(store: Store, args: argparse.Namespace) -> int:

@@ -1,0 +1,25 @@
+"""What ``genv remote enforce`` prints: the local lines, each with the host it is about.
+
+Plain lines start with ``[HOST] `` (as genv 1.4.3 prints what hosts say); a finding counted
+across hosts (a user over a cross-host limit) has no host. JSON lines carry ``host`` (null
+for those) and, for cross-host findings, ``hosts``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genv.enforce.report import Reporter
+
+
+class ClusterReporter(Reporter):
+    def at(self, host: str | None) -> ClusterReporter:
+        """Say what follows about ``host`` (None: the cluster as a whole); JSON lines carry
+        it in the ``host`` field the local reporter keeps for this."""
+        self.host = host
+        return self
+
+    def _emit(self, line: str, record: dict[str, Any] | None) -> None:
+        if not self.json_lines and self.host is not None and not line.startswith("  "):
+            line = f"[{self.host}] {line}"
+        super()._emit(line, record)
