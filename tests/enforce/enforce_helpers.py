@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 IGNORES_SIGTERM = (
@@ -11,6 +15,42 @@ IGNORES_SIGTERM = (
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
+
+
+# Counts the SIGTERMs it gets and survives them; says the count for each line on its stdin. A
+# signal sent before the line is written interrupts the blocking read and is counted first.
+COUNTS_SIGTERM = (
+    "import signal, sys\n"
+    "count = 0\n"
+    "def term(*_):\n"
+    "    global count\n"
+    "    count += 1\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('ready', flush=True)\n"
+    "for _ in sys.stdin:\n"
+    "    print(count, flush=True)\n"
+)
+
+
+@contextlib.contextmanager
+def sigterm_counter() -> Iterator[tuple[subprocess.Popen, Callable[[], int]]]:
+    """A real process that survives SIGTERM, and a function that asks how many it got."""
+    process = subprocess.Popen([sys.executable, "-c", COUNTS_SIGTERM], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+
+        def count() -> int:
+            process.stdin.write("?\n")
+            process.stdin.flush()
+            return int(process.stdout.readline())
+
+        yield process, count
+    finally:
+        process.kill()
+        process.wait(timeout=5)
+        process.stdin.close()
+        process.stdout.close()
 
 
 def not_in_env(pid: int) -> str:

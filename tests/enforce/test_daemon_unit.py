@@ -11,11 +11,13 @@ from genv.domain.observation import Membership, Observation, ObservedProcess, Pr
 from genv.enforce.daemon import Enforcer
 from genv.enforce.executor import Detacher, Kill, Outcome, Terminator
 from genv.enforce.findings import Finding, Termination
+from genv.enforce.plan import combine
 from genv.enforce.report import RECORD_FIELDS, ProblemLog, Reporter, Reporters
 from genv.enforce.rules import RuleConfig
 from genv.store import State
 
-from enforce_helpers import json_lines
+from enforce_helpers import json_lines, sigterm_counter
+from support import start_of
 
 EMPTY = Observation(devices=(), processes=(), environments=(), attachments=())
 
@@ -128,3 +130,34 @@ def test_a_failing_sink_stops_neither_enforcement_nor_the_other_sinks(caplog):
             reporters.terminating(termination)
     assert told == ["terminating"] * 3
     assert caplog.text.count("the report to Broken failed") == 1  # once, not per event
+
+
+def test_a_violation_seen_again_in_the_next_cycles_is_acted_on_and_said_once():
+    """The daemon sees the same process break the rule every cycle until it exits: one
+    SIGTERM, one finding line, one "Terminating" line, and the SIGKILL after the grace."""
+    stream = io.StringIO()
+    with sigterm_counter() as (victim, count):
+        facts = ProcessFacts(victim.pid, start_of(victim.pid), 0, "root", "python", None)
+        process = ObservedProcess(facts, (Usage(0, 10**9),), Membership.NO_ENV)
+        message = f"Process {victim.pid} is not running in a GPU environment"
+        finding = Finding("non-env-processes", message,
+                          (Termination(process, "non-env-processes", message, (0,)),))
+        now = [1000.0]
+        terminator = Terminator(grace=5, clock=lambda: now[0])
+        enforcer = Enforcer(FlakyObserver(cycles=1), RuleConfig(), terminator,
+                            Detacher(store=None), Reporter(stream=stream))
+
+        for cycle in range(3):  # each cycle makes its plan anew from what it observed
+            now[0] = 1000.0 + cycle
+            enforcer.execute(combine([finding]))
+        assert count() == 1
+        now[0] = 1005.0
+        enforcer.escalate()
+        victim.wait(timeout=5)
+
+    assert stream.getvalue().splitlines() == [
+        message,
+        f"Terminating process {victim.pid} from environment N/A that is running on GPU(s) 0",
+        f"Killing process {victim.pid} from environment N/A, which did not exit within 5 "
+        "seconds of SIGTERM",
+    ]

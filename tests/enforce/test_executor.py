@@ -13,6 +13,7 @@ from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, U
 from genv.enforce.executor import Kill, Outcome, Terminator
 from genv.enforce.findings import Termination
 
+from enforce_helpers import sigterm_counter
 from support import start_of
 
 IGNORES_SIGTERM = (
@@ -159,3 +160,29 @@ def test_unrelated_process_survives_the_terminator(procs):
     terminator.terminate(termination_of(victim.pid, start_time(victim.pid)))
     assert procs.wait_dead(victim)
     assert procs.alive(bystander)
+
+
+def test_a_second_cycle_neither_signals_again_nor_restarts_the_grace():
+    """A process still there in the next cycle is on its way out: it gets no second SIGTERM,
+    and its SIGKILL comes when the first grace ends, however many cycles see it."""
+    clock = Clock()
+    terminator = Terminator(grace=5, clock=clock)
+    with sigterm_counter() as (process, count):
+        termination = termination_of(process.pid, start_time(process.pid))
+
+        assert terminator.terminate(termination) is Outcome.SIGNALLED
+        assert count() == 1
+        clock.now = 1003.0  # the next cycles, during the grace
+        assert terminator.in_progress(termination)
+        assert terminator.terminate(termination) is Outcome.SIGNALLED
+        clock.now = 1004.0
+        assert terminator.terminate(termination) is Outcome.SIGNALLED
+
+        assert count() == 1
+        assert terminator.pending == 1
+        assert terminator.next_deadline() == 1005.0
+        assert terminator.escalate_due() == []
+        clock.now = 1005.0
+        assert terminator.escalate_due() == [Kill(termination, Outcome.SIGNALLED, 5)]
+        assert process.wait(timeout=5) == -signal.SIGKILL
+        assert not terminator.in_progress(termination)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from genv.domain.models import Attachment, Device, EnvConfig, Environment, RegisteredProcess
 from genv.domain.observation import (
     Membership,
@@ -651,3 +653,276 @@ def test_attachment_of_an_environment_not_in_the_snapshot_is_counted_safely():
     ]
     assert detached(findings) == [("gone", 1)]
     assert terminated(findings) == []
+
+
+# -- what the JSON log says about each finding ---------------------------------------------
+# (every key of a finding's details is a field of its --log-format json line)
+
+
+def test_process_findings_say_who_what_where_and_why():
+    e1 = make_env("e1")
+    stray = process(1400, {2: GI, 0: 3 * MI})
+    wrong = process(1401, {0: GI, 1: 2 * GI}, env=e1)
+    snap = snapshot([stray, wrong], [e1], [attached(e1, 0)])
+
+    (outside,) = non_env_processes(snap, NONE)
+    (misplaced,) = env_devices(snap, NONE)
+
+    assert outside.details == {
+        "pid": 1400, "uid": ALICE, "user": "alice", "environment": None,
+        "process": "python", "device": [0, 2], "memory": GI + 3 * MI,
+    }
+    (termination,) = outside.terminations
+    assert (termination.rule, termination.reason, termination.devices) == (
+        NON_ENV_PROCESSES, "Process 1400 is not running in a GPU environment", (0, 2))
+    assert misplaced.details == {
+        "pid": 1401, "uid": ALICE, "user": "alice", "environment": "e1",
+        "process": "python", "device": [1], "memory": 3 * GI,
+    }
+    (termination,) = misplaced.terminations
+    assert (termination.rule, termination.reason, termination.devices) == (
+        ENV_DEVICES, "Process 1401 from environment e1 is using non-attached GPU(s) 1", (1,))
+
+
+def test_env_memory_finding_says_the_use_and_the_capacity():
+    e1 = make_env("e1", gpu_memory="2g")
+    lone = process(1410, {0: 3 * 10**9, 1: 10**6}, env=e1)
+    snap = snapshot([lone], [e1], [attached(e1, 0), attached(e1, 1)])
+
+    (finding,) = env_memory(snap, NONE)
+
+    assert finding.details == {
+        "uid": ALICE, "user": "alice", "environment": "e1", "device": [0],
+        "memory": 3 * 10**9, "capacity": 2 * 10**9,
+    }
+    (termination,) = finding.terminations
+    assert termination.rule == ENV_MEMORY
+    assert termination.devices == (0, 1)  # all of its devices: the process goes as a whole
+    assert termination.reason == (
+        "it is the newest process of environment e1 on device 0 (frees 3000m)")
+    # the only process there: nothing was chosen among several, no "because" line
+    assert not termination.chosen
+
+
+def test_max_devices_finding_says_what_is_detached_and_why():
+    e1 = make_env("e1")
+    attachments = [attached(e1, 0, at=1.0), attached(e1, 1, at=2.0), attached(e1, 2, at=3.0)]
+    working = process(1420, {1: GI, 3: MI}, env=e1)
+    snap = snapshot([working], [e1], attachments)
+
+    (finding,) = max_devices_per_user(snap, RuleConfig(max_devices_per_user=1))
+
+    assert finding.details == {
+        "uid": ALICE, "user": "alice", "device": [0, 1, 2], "devices": 3, "over": 2}
+    assert finding.detachments == (
+        Detachment("e1", ALICE, "alice", 2, MAX_DEVICES_PER_USER,
+                   "no process of user alice runs on device 2, so no work is lost", chosen=True),
+        Detachment("e1", ALICE, "alice", 0, MAX_DEVICES_PER_USER,
+                   "no process of user alice runs on device 0, so no work is lost", chosen=True),
+    )
+    assert finding.terminations == ()
+    # the idle ones are gone; now only a busy device can go
+    snap = snapshot([working], [e1], attachments[:2])
+    (finding,) = max_devices_per_user(snap, RuleConfig(max_devices_per_user=0))
+    assert [(d.device_index, d.reason, d.chosen) for d in finding.detachments] == [
+        (0, "no process of user alice runs on device 0, so no work is lost", False),
+        (1, "device 1 is the one user alice attached most recently", False),
+    ]
+    (termination,) = finding.terminations
+    assert (termination.process, termination.rule, termination.reason, termination.devices) == (
+        working, MAX_DEVICES_PER_USER, "its environment e1 is detached from device 1", (1, 3))
+
+
+def test_max_memory_finding_says_the_use_and_the_limit():
+    first = process(1430, {0: 6 * 10**9}, started=1)
+    second = process(1431, {2: 5 * 10**9, 1: 10**9}, started=2)
+    snap = snapshot([first, second])
+
+    (finding,) = max_memory_per_user(snap, RuleConfig(max_memory_per_user="10g"))
+
+    assert finding.details == {
+        "uid": ALICE, "user": "alice", "device": [0, 1, 2], "memory": 12 * 10**9,
+        "limit": 10 * 10**9,
+    }
+    (termination,) = finding.terminations
+    assert (termination.process, termination.rule, termination.devices) == (
+        second, MAX_MEMORY_PER_USER, (1, 2))
+    assert termination.reason == "it is the newest process of user alice (frees 6000m)"
+    assert termination.chosen
+
+
+# -- the greedy choice: newest first, and no more than needed ------------------------------
+
+
+def test_freeing_exactly_the_excess_is_enough():
+    """The newest process is terminated; when what it frees equals the excess exactly, the
+    environment is at its capacity again and nobody else is terminated."""
+    e1 = make_env("e1", gpu_memory="10b")
+    older = process(1500, {0: 10}, env=e1, started=1)
+    newest = process(1501, {0: 1}, env=e1, started=2)  # however little it holds
+    snap = snapshot([older, newest], [e1], [attached(e1, 0)])
+    assert terminated(env_memory(snap, NONE)) == [1501]
+
+    tiny = process(1504, {1: 1}, started=3)
+    snap = snapshot([process(1505, {0: 10}, started=1), tiny])
+    assert terminated(max_memory_per_user(snap, RuleConfig(max_memory_per_user="10b"))) == [1504]
+
+    alone = process(1502, {0: 10**9}, started=1)
+    newer = process(1503, {1: 10**9}, started=2)
+    snap = snapshot([alone, newer])
+    assert terminated(max_memory_per_user(snap, RuleConfig(max_memory_per_user="1g"))) == [1503]
+    assert terminated(max_memory_per_user(snap, RuleConfig(max_memory_per_user="1999999999"))) == [
+        1503]
+
+
+def test_a_user_exactly_at_the_limit_is_within_it():
+    snap = snapshot([process(1510, {0: 10**9}), process(1511, {1: 10**9})])
+    assert max_memory_per_user(snap, RuleConfig(max_memory_per_user="2g")) == []
+    assert max_memory_per_user(snap, RuleConfig(max_memory_per_user="1999999999b")) != []
+    e1 = make_env("e1", gpu_memory="2g")
+    snap = snapshot([process(1512, {0: 2 * 10**9}, env=e1)], [e1], [attached(e1, 0)])
+    assert env_memory(snap, NONE) == []
+
+
+def test_processes_that_hold_no_memory_are_never_terminated_for_memory():
+    """A process whose memory the driver does not report frees nothing: terminating it
+    would not bring anyone under a limit."""
+    e1 = make_env("e1", gpu_memory="1g")
+    big = process(1520, {0: 2 * 10**9}, env=e1, started=1)
+    silent = process(1521, {0: None}, env=e1, started=2)  # newest
+    empty = process(1522, {0: 0}, env=e1, started=3)  # newer still
+    snap = snapshot([big, silent, empty], [e1], [attached(e1, 0)])
+
+    assert terminated(env_memory(snap, NONE)) == [1520]
+    assert terminated(max_memory_per_user(snap, RuleConfig(max_memory_per_user="1g"))) == [1520]
+
+
+def unknown_start(observed: ObservedProcess) -> ObservedProcess:
+    return replace(observed, facts=replace(observed.facts, start=None))
+
+
+def test_newest_is_told_by_start_not_by_pid_and_an_unknown_start_is_oldest():
+    e1 = make_env("e1", gpu_memory="1g")
+    newest = process(1530, {0: 10**9}, env=e1, started=500)  # pids wrap: a low pid is newer
+    older = process(1590, {0: 10**9}, env=e1, started=400)
+    unknown = unknown_start(process(1599, {0: 10**9}, env=e1))
+    snap = snapshot([older, unknown, newest], [e1], [attached(e1, 0)])
+    assert terminated(env_memory(snap, NONE)) == [1530, 1590]
+
+    first_tick = process(1531, {0: 10**9}, started=1)  # the earliest start there is
+    unknown = unknown_start(process(1532, {1: 10**9}))
+    snap = snapshot([unknown, first_tick])
+    assert terminated(max_memory_per_user(snap, RuleConfig(max_memory_per_user="1g"))) == [1531]
+
+
+# -- every environment, device and user is looked at ---------------------------------------
+
+
+def test_env_memory_goes_on_past_environments_and_devices_with_nothing_to_check():
+    idle = make_env("idle", gpu_memory="1g")  # no process
+    uncapped = make_env("uncapped")  # no capacity anywhere
+    garbled = make_env("garbled")
+    over = make_env("over")
+    snap = snapshot(
+        [process(1600, {0: 5 * GI}, env=uncapped),
+         process(1601, {0: 5 * GI, 1: 5 * GI, 2: 5 * GI, 3: 5 * GI}, env=garbled),
+         process(1602, {0: 5 * GI, 1: 5 * GI, 2: 5 * GI, 3: 2 * GI}, env=over)],
+        [idle, uncapped, garbled, over],
+        [attached(idle, 0), attached(uncapped, 0),
+         # no capacity on device 0, one that is not a memory amount on 1, 4g on 3
+         Attachment(0, "garbled", ALICE, 100.0, None), attached(garbled, 1, gpu_memory="lots"),
+         attached(garbled, 3, gpu_memory="4g"),
+         # under the capacity on devices 0 to 2, over it on 3
+         attached(over, 0, gpu_memory="8g"), attached(over, 1, gpu_memory="8g"),
+         attached(over, 2, gpu_memory="8g"), attached(over, 3, gpu_memory="1g")],
+    )
+    findings = env_memory(snap, NONE)
+    assert messages(findings) == [
+        "Environment garbled is using 5368m on device 3 which is 1368m over its capacity of 4g",
+        "Environment over is using 2147m on device 3 which is 1147m over its capacity of 1g",
+    ]
+
+
+def test_env_memory_checks_capacities_from_the_attachment_or_the_environment_alone():
+    on_attachment = make_env("a")  # the capacity was given on attaching only
+    on_environment = make_env("b", gpu_memory="1g")
+    snap = snapshot(
+        [process(1610, {0: 2 * GI}, env=on_attachment),
+         process(1611, {1: 2 * GI}, env=on_environment)],
+        [on_attachment, on_environment],
+        [attached(on_attachment, 0, gpu_memory="1g"), Attachment(1, "b", ALICE, 100.0, None)],
+    )
+    assert terminated(env_memory(snap, NONE)) == [1610, 1611]
+
+
+def test_env_devices_checks_members_only_whatever_else_a_process_says():
+    """Only a member (IN_ENV) is held to its environment's devices; a process whose
+    membership could not be told is never acted on, even if an environment is named."""
+    e1 = make_env("e1")
+    unsure = ObservedProcess(process(1620, {1: GI}).facts, (Usage(1, GI),), Membership.UNKNOWN,
+                             e1, "its environment variables could not be read")
+    snap = snapshot([unsure], [e1], [attached(e1, 0)])
+    assert env_devices(snap, NONE) == []
+
+
+def test_limits_of_later_users_are_checked_after_exempt_or_unlimited_ones():
+    alice_env = make_env("a", uid=ALICE)
+    bob_env = make_env("b", uid=BOB)
+    snap = snapshot(
+        [process(1630, {0: 5 * GI}), process(1631, {1: 5 * GI}, uid=BOB)],
+        [alice_env, bob_env],
+        [attached(alice_env, 0), attached(alice_env, 1), attached(bob_env, 2),
+         attached(bob_env, 3)],
+    )
+    exempt_alice = RuleConfig(env_devices=False, env_memory=False, max_devices_per_user=1,
+                              exempt_uids=frozenset({ALICE}))
+    assert messages(max_devices_per_user(snap, exempt_alice)) == [
+        "User bob is using 2 devices which is 1 more than the maximum allowed"]
+    only_bob = RuleConfig(max_memory_for_user={BOB: "1g"})
+    assert terminated(max_memory_per_user(snap, only_bob)) == [1631]
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_a_user_is_named_by_their_own_name_or_uid():
+    nameless = Environment("e1", ALICE, None, 1.0, processes=(RegisteredProcess(1, 1),))
+    bobs = ObservedProcess(ProcessFacts(1640, 1, BOB, "bob", "python", None),
+                           (Usage(0, GI),), Membership.NO_ENV)
+    alices = ObservedProcess(ProcessFacts(1641, 2, ALICE, "alice", "python", "e1"),
+                             (Usage(1, GI),), Membership.IN_ENV, nameless)
+    snap = snapshot([bobs, alices], [nameless], [attached(nameless, 1), attached(nameless, 2)])
+    assert messages(max_devices_per_user(snap, RuleConfig(max_devices_per_user=1))) == [
+        "User alice is using 2 devices which is 1 more than the maximum allowed"]
+
+    snap = snapshot([bobs], [nameless], [attached(nameless, 1), attached(nameless, 2)])
+    assert messages(max_devices_per_user(snap, RuleConfig(max_devices_per_user=1))) == [
+        "User uid 1000 is using 2 devices which is 1 more than the maximum allowed"]
+
+    unnamed = ObservedProcess(ProcessFacts(1642, 1, 4321, None, "python", None),
+                              (Usage(0, 2 * 10**9),), Membership.NO_ENV)
+    (finding,) = max_memory_per_user(snapshot([unnamed]), RuleConfig(max_memory_per_user="1g"))
+    assert finding.message == (
+        "User uid 4321 is using 2000m of GPU memory which is 1000m over the maximum of 1g")
+    assert finding.terminations[0].reason == (
+        "it is the newest process of user uid 4321 (frees 2000m)")
+
+
+# -- exempt processes still count as work --------------------------------------------------
+
+
+def test_a_device_where_only_an_exempt_program_runs_is_not_idle():
+    """Exempt programs are never terminated, but a device where one of the user's runs holds
+    their work: an idle device goes first, even one attached earlier."""
+    e1 = make_env("e1")
+    renderer = process(1650, {0: GI}, env=e1, exe="/usr/bin/renderer")
+    snap = snapshot([renderer], [e1], [attached(e1, 0, at=2.0), attached(e1, 1, at=1.0)])
+    config = RuleConfig(env_devices=False, env_memory=False, max_devices_per_user=1,
+                        exempt_programs=frozenset({"/usr/bin/renderer"}))
+
+    findings = survey(snap, config)
+
+    assert detached(findings) == [("e1", 1)]
+    assert terminated(findings) == []
+    assert findings[0].detachments[0].reason == (
+        "no process of user alice runs on device 1, so no work is lost")

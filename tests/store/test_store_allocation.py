@@ -61,15 +61,26 @@ def test_a_smaller_count_keeps_the_lowest_held() -> None:
 
 
 def test_negative_count_is_refused() -> None:
-    with pytest.raises(AllocationError):
+    with pytest.raises(AllocationError) as caught:
         choose_by_count(machine(2), [], set(), -1, None, False)
+    assert str(caught.value) == "the device count cannot be negative"
 
 
 def test_not_enough_free_devices_without_over_subscription() -> None:
     attachments = [held(0, "x"), held(1, "y")]
     with pytest.raises(AllocationError, match="available") as caught:
         choose_by_count(machine(3), attachments, set(), 2, None, False)
-    assert "\n" not in str(caught.value)
+    assert str(caught.value) == (
+        "2 devices were asked for but only 1 are available; use over-subscription (-o) to "
+        "share devices"
+    )
+
+
+def test_the_count_available_includes_what_the_environment_holds() -> None:
+    attachments = [held(0, "me"), held(1, "x"), held(2, "y")]
+    with pytest.raises(AllocationError) as caught:
+        choose_by_count(machine(4), attachments, {0}, 3, None, False)
+    assert str(caught.value).startswith("3 devices were asked for but only 2 are available")
 
 
 def test_over_subscription_uses_free_devices_first_then_least_loaded() -> None:
@@ -140,5 +151,9 @@ def test_index_shared_by_capacity() -> None:
 
 @pytest.mark.parametrize("over", [False, True])
 def test_index_that_does_not_exist(over: bool) -> None:
-    with pytest.raises(AllocationError, match="Device 5 does not exist"):
-        check_index(machine(2), [], set(), 5, None, over)
+    with pytest.raises(AllocationError) as caught:
+        check_index(machine(3), [], set(), 5, None, over)
+    assert str(caught.value) == "Device 5 does not exist (devices here: 0, 1, 2)"
+    with pytest.raises(AllocationError) as caught:
+        check_index([], [], set(), 0, None, over)
+    assert str(caught.value) == "Device 0 does not exist (devices here: none)"

@@ -364,6 +364,54 @@ def test_a_corrupt_file_concerns_only_its_owner_and_is_never_overwritten(
     assert corrupt.read_bytes() == b'{"version": 2, "uid": 40001, "environ'
 
 
+@pytest.mark.parametrize("error", [errno.EIO, errno.EACCES], ids=["io-error", "denied"])
+def test_a_file_that_cannot_be_read_is_never_overwritten(
+    state_dir: Path, sleeper: Sleeper, monkeypatch: pytest.MonkeyPatch, error: int,
+) -> None:
+    """Whether the disk failed (unknown records) or the reader may not read it (hidden
+    records), saving a change would replace the records nobody read with an empty set."""
+    path = write_records(state_dir, ALICE, [env_of(ALICE, "ea", sleeper(user=AS_ALICE))])
+    before = path.read_bytes()
+    read_file = safefs.read_file
+
+    def failing(dir_fd: int, name: str, limit: int):  # noqa: ANN202
+        if name == path.name:
+            raise OSError(error, os.strerror(error))
+        return read_file(dir_fd, name, limit)
+
+    monkeypatch.setattr(safefs, "read_file", failing)
+    for caller in (0, ALICE):
+        with pytest.raises(StateError, match=f"nothing was changed: state file {path}"), \
+                store(state_dir, caller).transaction(uid=ALICE) as tx:
+            tx.activate("eb", pid=sleeper(user=AS_ALICE).pid)
+    assert path.read_bytes() == before
+    with store(state_dir).transaction() as tx:  # nobody else is held up
+        tx.activate("e0", pid=sleeper().pid)
+    assert path.read_bytes() == before
+
+
+def test_a_file_whose_records_were_not_read_is_never_overwritten(
+    state_dir: Path, sleeper: Sleeper, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second guard: a file was there but its records did not reach the transaction,
+    with no problem said about it (whatever the cause); the save refuses all the same."""
+    path = write_records(state_dir, ALICE, [env_of(ALICE, "ea", sleeper(user=AS_ALICE))])
+    before = path.read_bytes()
+    reader = store(state_dir)
+    load = reader.loader.load
+
+    def losing_alices_records(dir_fd: int, only=None):  # noqa: ANN001, ANN202
+        loaded = load(dir_fd, only)
+        loaded.records.pop(ALICE, None)
+        return loaded
+
+    monkeypatch.setattr(reader.loader, "load", losing_alices_records)
+    with pytest.raises(StateError, match=f"the state file of uid {ALICE} could not be read"), \
+            reader.transaction(uid=ALICE) as tx:
+        tx.activate("eb", pid=sleeper(user=AS_ALICE).pid)
+    assert path.read_bytes() == before
+
+
 def test_a_file_others_can_write_is_not_trusted(state_dir: Path, sleeper: Sleeper) -> None:
     process = sleeper(user=AS_ALICE)
     path = write_records(state_dir, ALICE, [env_of(ALICE, "ea", process)])

@@ -140,7 +140,7 @@ def resolve(
     """
     membership, env, note = _resolve(facts, environments, unusable_uids, unknown_uids)
     if (
-        membership is Membership.NO_ENV
+        membership in (Membership.NO_ENV, Membership.IMPOSTOR)  # ids of 1.4.3 were not per owner
         and facts.claimed_eid
         and facts.claimed_eid in legacy_eids
         and not any(e.uid == facts.uid for e in _claimed(environments, facts.claimed_eid))
