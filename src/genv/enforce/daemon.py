@@ -17,6 +17,7 @@ from collections.abc import Callable
 from genv.backends.base import BackendError
 from genv.domain.models import Attachment, GpuSnapshot
 from genv.domain.observation import Membership, Observation
+from genv.enforce.events import FAILED, NOT_OBSERVED, CycleEvent
 from genv.enforce.executor import Detacher, Outcome, Terminator
 from genv.enforce.observe import Observer
 from genv.enforce.plan import Plan, combine
@@ -83,6 +84,18 @@ class Enforcer:
         self.execute(memo.plan, snapshot.attachments)
         return memo.plan
 
+    def reported_cycle(self) -> Plan | None:
+        """``cycle``, then the reporter is told how it went (CycleEvent), whatever happened."""
+        started, begun = time.time(), time.perf_counter()
+        plan: Plan | None = None
+        error: str | None = FAILED
+        try:
+            plan = self.cycle()
+            error = None if plan is not None else NOT_OBSERVED
+            return plan
+        finally:
+            self.reporter.cycle(CycleEvent(started, time.perf_counter() - begun, plan, error))
+
     def _memo_for(self, snapshot: Observation, gpus: GpuSnapshot, state: State) -> _Memo:
         """Where this cycle's problems and plan are kept. Both are pure functions of what was
         observed and of the configuration, so they are reused while the observer hands back
@@ -133,7 +146,7 @@ class Enforcer:
 
         False when nothing could be observed, so that a one-shot run can fail visibly.
         """
-        plan = self.cycle()
+        plan = self.reported_cycle()
         if self.terminator.pending:
             self.terminator.wait(self.terminator.grace)
             self.escalate()
@@ -146,7 +159,7 @@ class Enforcer:
             now = clock()
             if now >= next_cycle:
                 try:
-                    self.cycle()
+                    self.reported_cycle()
                 except Exception:  # a bug must not end enforcement on the whole machine
                     log.exception("enforcement cycle failed; trying again next cycle")
                 next_cycle = now + interval

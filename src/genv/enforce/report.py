@@ -10,6 +10,7 @@ import time
 from typing import TextIO
 
 from genv.domain.memory import format_memory
+from genv.enforce.events import CycleEvent
 from genv.enforce.executor import Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
 
@@ -121,6 +122,9 @@ class Reporter:
             "memory": format_memory(process.total_memory),
             "reason": termination.reason,
         }
+
+    def cycle(self, event: CycleEvent) -> None:
+        """A cycle is over: nothing to print (problems are logged as they appear)."""
 
     def outcome(self, termination: Termination, outcome: Outcome) -> None:
         """Say what went wrong, if anything; a process that vanished is not a problem."""
