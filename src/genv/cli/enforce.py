@@ -53,6 +53,15 @@ _count = checked(validate.count)
 _memory = checked(validate.memory_amount)
 
 
+def _listen(text: str) -> tuple[str, int]:
+    from genv.metrics.http import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _user_value(convert):
     def parse(text: str):
         user, sep, value = text.partition("=")
@@ -149,6 +158,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="plain lines (default) or one JSON object per finding and action",
     )
     acting.add_argument(
+        "--metrics-port",
+        type=_listen,
+        metavar="[ADDRESS:]PORT",
+        help="serve the daemon's Prometheus metrics on this port (on 127.0.0.1 unless an "
+        "address is given)",
+    )
+    acting.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default="info",
@@ -191,6 +207,19 @@ def run(args: argparse.Namespace) -> int:
             "not running as root: other users' GPU processes can be neither identified "
             "nor terminated (permission); run it with sudo"
         )
+    reporter: Reporter = Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run)
+    metrics_server = None
+    if args.metrics_port is not None:
+        from genv.enforce.events import Fanout
+        from genv.errors import UsageError
+        from genv.metrics.enforcement import EnforcementMetrics
+
+        if args.interval == 0:
+            raise UsageError("--metrics-port serves a running daemon: give an --interval above 0")
+        metrics = EnforcementMetrics(dry_run=args.dry_run)
+        metrics_server = metrics.serve(*args.metrics_port)
+        reporter = Fanout(reporter, metrics)  # type: ignore[assignment]  # a Reporter, and more
+        log.info("serving metrics on %s", metrics_server.url)
     if args.interval == 0:
         watcher = None  # one cycle: nothing to follow from one cycle to the next
         store = Store()
@@ -203,12 +232,14 @@ def run(args: argparse.Namespace) -> int:
         config,
         Terminator(args.grace, dry_run=args.dry_run),
         Detacher(store, dry_run=args.dry_run),
-        Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
+        reporter,
     )
     if args.interval == 0:
         return 0 if enforcer.run_once() else 1
     enforcer.install_signal_handlers()
     log.info("enforcing every %gs", args.interval)
     enforcer.run_forever(args.interval)
+    if metrics_server is not None:
+        metrics_server.close()
     log.info("stopped")
     return 0

@@ -25,8 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "envs": ("genv.cli.envs", "Query and manage environments"),
     "home": ("genv.cli.shell_commands", "Show the project folder of this environment"),
     "lock": ("genv.cli.lock", "Run a command with exclusive use of over-subscribed devices"),
+    "monitor": ("genv.cli.monitor", "Export usage to Prometheus, with Grafana dashboards"),
     "shell": ("genv.cli.shell_commands", "Shell integration"),
     "status": ("genv.cli.shell_commands", "Show the status of this shell's environment"),
+    "top": ("genv.cli.top", "Show the GPUs, environments and users live"),
     "version": ("genv.cli.version", "Print the genv version"),
 }
 
