@@ -8,7 +8,6 @@ daemon calls one reporter whatever listens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +54,12 @@ class Fanout:
         self.others = others
         self._failed: set[str] = set()
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        plain = getattr(self.first, name, None)
+        if plain is not None and not callable(plain):
+            return plain  # a setting of the Reporter (json_lines, dry_run...), not an event
         targets = [
             method
             for sink in (self.first, *self.others)

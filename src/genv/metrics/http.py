@@ -3,17 +3,20 @@
 The page is produced by a callable that never waits for anything slow: the exporter hands
 back the page it rendered after its last collection, the daemon renders its counters. So a
 scrape never waits for a collection or an enforcement cycle, and a slow or stuck client
-holds only its own thread.
+holds one of a few answering threads for at most CLIENT_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import queue
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -23,6 +26,8 @@ log = logging.getLogger("genv.metrics")
 
 DEFAULT_ADDRESS = "127.0.0.1"  # metrics name users and processes: not for the network
 CLIENT_TIMEOUT_S = 10.0  # a client that sends nothing is dropped after this
+WORKERS = 4  # threads answering requests
+QUEUED = 64  # connections waiting for one of them; more are closed at once
 
 
 class ListenError(GenvError):
@@ -47,10 +52,48 @@ def parse_listen(text: str, default_address: str = DEFAULT_ADDRESS) -> tuple[str
     return address, int(port_text)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """Requests are answered by a few long-lived threads: a flood of connections (any local
+    user can open them) queues up instead of making the daemon start a thread for each."""
+
     allow_reuse_address = True
     page: Callable[[], bytes]
+    workers = WORKERS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=QUEUED)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"genv-metrics-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self._queue.put_nowait((request, client_address))
+        except queue.Full:  # too many clients at once: drop this one
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("a metrics client went away: %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in getattr(self, "_threads", ()):  # none when binding failed
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
 
 
 class _Server6(_Server):
@@ -110,9 +153,19 @@ class MetricsServer:
         except socket.gaierror as error:
             raise ListenError(f"cannot serve metrics on {address}: {error.strerror}") from None
         self._server.page = page
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="genv-metrics-http", daemon=True
-        )
+        self._closing = False
+        self._thread = threading.Thread(target=self._accept, name="genv-metrics-http", daemon=True)
+
+    def _accept(self) -> None:
+        """Accept connections, sleeping in the kernel in between: ``serve_forever`` would wake
+        twice a second to look for a shutdown, which costs a daemon at rest more than its
+        cycles. ``close`` wakes it with a connection of its own."""
+        self._server.timeout = None
+        while not self._closing:
+            try:
+                self._server.handle_request()
+            except OSError:
+                return
 
     @property
     def port(self) -> int:
@@ -129,6 +182,12 @@ class MetricsServer:
         return self
 
     def close(self) -> None:
+        self._closing = True
         if self._thread.is_alive():
-            self._server.shutdown()
+            host = str(self._server.server_address[0])
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+            with contextlib.suppress(OSError), socket.create_connection((host, self.port), 2):
+                pass
+            self._thread.join(5)
         self._server.server_close()

@@ -15,13 +15,14 @@ from genv.store import Store
 from genv.system import users
 from genv.system.kernels import KernelTracker
 from genv.system.process_facts import ProcessInspector
-from genv.system.watch import ProcessWatcher
+from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
 
 class LocalSource:
     cluster = False
 
     def __init__(self, backend: GpuBackend | None = None, store: Store | None = None) -> None:
+        raise_open_file_limit()  # the watcher holds one descriptor per process
         self.watcher = ProcessWatcher()
         self.backend = backend if backend is not None else open_backend()
         self.store = (

@@ -295,7 +295,3 @@ def _capacity(text: str | None, parsed: dict[str, int | None]) -> int | None:
         except MemoryFormatError:
             parsed[text] = None
     return parsed[text]
-
-
-def environments_of(usage: HostUsage, username: str) -> list[EnvironmentUsage]:
-    return [env for env in usage.environments if env.username == username]
