@@ -18,13 +18,17 @@ from genv.store import Store
 def main() -> None:
     envs = json.load(sys.stdin)
     store = Store(root=Path(sys.argv[1]), caller_uid=0)
+    by_user: dict[int, list[dict]] = {}
+    for env in envs:
+        by_user.setdefault(env["uid"], []).append(env)
     try:
-        with store.transaction() as tx:
-            for env in envs:
-                tx.activate(env["eid"], env["uid"], env["username"], pid=env["pid"])
-                tx.configure(env["eid"], gpu_memory=env["capacity"])
-                tx.attach(env["eid"], [env["device"]], over_subscribed=True,
-                          uuids={env["device"]: default_uuid(env["device"])})
+        for uid, theirs in by_user.items():  # each user's records in their own file
+            with store.transaction(uid=uid) as tx:
+                for env in theirs:
+                    tx.activate(env["eid"], pid=env["pid"], username=env["username"])
+                    tx.configure(env["eid"], gpu_memory=env["capacity"])
+                    tx.attach(env["eid"], env["device"], over_subscribed=True,
+                              uuid=default_uuid(env["device"]))
     finally:
         store.close()
 
