@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import importlib
 import json
 import os
 import pwd
@@ -44,6 +45,7 @@ GENV_VARIABLES = ("GENV_TMPDIR", "GENV_GPU_BACKEND", "GENV_FAKE_MACHINE",
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PREFIX = "genvtest_"
 COMMAND_TIMEOUT = 60
+RUNTIME_PACKAGES = ("rich", "prometheus_client")
 
 
 class GenvResult(NamedTuple):
@@ -195,6 +197,10 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
             import pynvml
 
             shutil.copy2(pynvml.__file__, site / "pynvml.py")
+        for package in RUNTIME_PACKAGES:  # genv's other dependencies (genv top, metrics)
+            with contextlib.suppress(ImportError):
+                module = importlib.import_module(package)
+                shutil.copytree(_package_dir(module), site / package, ignore=ignore)
         compileall.compile_dir(str(site), quiet=1)
         for folder, _, files in os.walk(site):
             os.chmod(folder, 0o755)

@@ -23,11 +23,12 @@ ALLOWED: dict[str, set[str]] = {
     "remote": {"domain", "system", "backends", "store", "core", "enforce"},
     "sdk": {"domain", "system", "store", "core"},
     "ray": {"domain", "system", "store", "core", "sdk", "backends"},
+    "top": {"domain", "system", "backends", "store", "core", "metrics"},
     "cli": {"domain", "system", "backends", "store", "core", "enforce", "smi", "metrics",
-            "remote", "sdk", "ray"},
+            "remote", "sdk", "ray", "top"},
 }
 # Front ends: they call genv.core, and never open a store transaction themselves.
-FRONT_ENDS = ("cli", "sdk", "smi", "ray", "remote", "metrics")
+FRONT_ENDS = ("cli", "sdk", "smi", "ray", "remote", "metrics", "top")
 
 
 def _layer(path: Path) -> str:

@@ -56,6 +56,10 @@ COUNT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_uint))
 HANDLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p))
 TEXT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)
 MEMORY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+TEMPERATURE = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint)
+)
+UTILIZATION = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 LIST = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p
 )
@@ -79,6 +83,8 @@ class FakeGpu:
     claimed: int | None = None
     # On success, report this many records (more than were written: a lying driver).
     overcount: int | None = None
+    temperature: int | None = None  # None: NOT_SUPPORTED
+    utilization: int | None = None
 
 
 class FakeDriver:
@@ -105,6 +111,8 @@ class FakeDriver:
             "nvmlDeviceGetUUID": TEXT(self._text("uuid")),
             "nvmlDeviceGetName": TEXT(self._text("name")),
             "nvmlDeviceGetMemoryInfo": MEMORY(self._memory),
+            "nvmlDeviceGetTemperature": TEMPERATURE(self._temperature),
+            "nvmlDeviceGetUtilizationRates": UTILIZATION(self._utilization),
         }
         for name in ALL_LISTS:
             self._functions[name] = LIST(self._lister(name))
@@ -195,6 +203,28 @@ class FakeDriver:
         out = Memory.from_address(address)
         out.total, out.used = gpu.total, gpu.used
         out.free = max(gpu.total - gpu.used, 0)
+        return SUCCESS
+
+    def _temperature(
+        self, handle: int | None, sensor: int, out: ctypes._Pointer[ctypes.c_uint]
+    ) -> int:
+        self.calls["temperature"] += 1
+        gpu = self._gpu(handle)
+        if isinstance(gpu, int):
+            return gpu
+        if gpu.temperature is None or sensor != 0:
+            return NOT_SUPPORTED
+        out[0] = gpu.temperature
+        return SUCCESS
+
+    def _utilization(self, handle: int | None, address: int | None) -> int:
+        self.calls["utilization"] += 1
+        gpu = self._gpu(handle)
+        if isinstance(gpu, int):
+            return gpu
+        if gpu.utilization is None or not address:
+            return NOT_SUPPORTED
+        ctypes.memmove(address, struct.pack("II", gpu.utilization, 0), 8)
         return SUCCESS
 
     def _lister(self, name: str) -> Callable[..., int]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from genv.domain.models import GpuSnapshot
+from genv.domain.models import DeviceTelemetry, GpuSnapshot
 from genv.errors import GenvError
 
 
@@ -34,3 +34,15 @@ class GpuBackend(Protocol):
     def close(self) -> None:
         """Release what the backend holds (NVML handle, files)."""
         ...
+
+
+@runtime_checkable
+class TelemetrySource(Protocol):
+    """A backend that can also tell temperature and utilization (every backend here can).
+
+    Kept apart from ``snapshot`` because they cost extra driver calls that only monitors
+    want; the enforcer never asks. Never raises: what cannot be read is None, and a device
+    that cannot be read at all is left out.
+    """
+
+    def telemetry(self) -> tuple[DeviceTelemetry, ...]: ...

@@ -3,7 +3,8 @@
 The file (path in ``GENV_FAKE_MACHINE``) is defined in ``genv.backends.machine_file``, which
 also writes it::
 
-    {"devices": [{"total_memory": "80gi", "uuid": "GPU-...", "name": "..."}],
+    {"devices": [{"total_memory": "80gi", "uuid": "GPU-...", "name": "...",
+                  "temperature": 41, "utilization": 87}],
      "processes": [{"pid": 1234, "device": 0, "used_memory": "7295mi", "start": 8812}]}
 
 The processes are real host processes: an entry counts only while the very process it
@@ -30,7 +31,7 @@ from genv.backends.machine_file import (
     read_machine,
     written_tick,
 )
-from genv.domain.models import Device, GpuProcess, GpuSnapshot
+from genv.domain.models import Device, DeviceTelemetry, GpuProcess, GpuSnapshot
 
 __all__ = [
     "DEFAULT_NAME",
@@ -85,6 +86,17 @@ class FakeBackend:
             for index, (uuid, name, total) in enumerate(machine.devices)
         )
         return GpuSnapshot(devices, tuple(live) if processes else (), tuple(errors))
+
+    def telemetry(self) -> tuple[DeviceTelemetry, ...]:
+        """Temperature and utilization as the file gives them (optional device fields)."""
+        try:
+            machine, _ = self._load()
+        except BackendError:
+            return ()
+        return tuple(
+            DeviceTelemetry(index, temperature, utilization)
+            for index, (temperature, utilization) in enumerate(machine.telemetry)
+        )
 
     def close(self) -> None:
         """Nothing is held open; forget the cached file so a reuse reads it afresh."""

@@ -5,6 +5,9 @@ The machine file (``GENV_FAKE_MACHINE``) is JSON, written by people and by tools
     {"boot_id": "…", "devices": [{"total_memory": "80gi", "uuid": "GPU-…", "name": "…"}],
      "processes": [{"pid": 1234, "device": 0, "used_memory": "7295mi", "start": 8812}]}
 
+A device may also give ``"temperature"`` (degrees C, 0-300) and ``"utilization"`` (percent),
+which only monitors read (the flat form leaves them out: the stand-ins report constants).
+
 ``parse_machine`` is the only reader of that JSON. The stand-ins for NVIDIA's tools (C, in
 ``standins/``) do not parse it: beside it the writer puts ``PATH.flat``, the same machine
 already checked, one line per device and per process, which C reads in a few lines of code.
@@ -75,6 +78,8 @@ class MachineSpec:
     devices: tuple[tuple[str, str, int], ...]  # (uuid, name, total_memory) by index
     processes: tuple[ProcessSpec, ...]
     boot_id: str | None = None  # the boot the starts were taken in
+    # (temperature, utilization) by index, each None when the entry gives none; for monitors
+    telemetry: tuple[tuple[int | None, int | None], ...] = ()
 
 
 # -- the one parser ---------------------------------------------------------------------
@@ -93,6 +98,7 @@ def parse_machine(data: object) -> MachineSpec:
     if boot_id is not None and not _BOOT_ID.fullmatch(boot_id):
         raise ValueError("boot_id must be up to 63 printable ASCII characters, no blanks")
     devices: list[tuple[str, str, int]] = []
+    telemetry: list[tuple[int | None, int | None]] = []
     seen_uuids: set[str] = set()
     for index, raw in enumerate(raw_devices):
         where = f"devices[{index}]"
@@ -111,6 +117,12 @@ def parse_machine(data: object) -> MachineSpec:
         seen_uuids.add(uuid)
         name = _cut(_text(raw.get("name"), f"{where}.name") or DEFAULT_NAME)
         devices.append((uuid, name, total))
+        telemetry.append(
+            (
+                _optional_integer(raw.get("temperature"), f"{where}.temperature", 0, 300),
+                _optional_integer(raw.get("utilization"), f"{where}.utilization", 0, 100),
+            )
+        )
     raw_processes = data.get("processes", [])
     if raw_processes is None:
         raw_processes = []
@@ -134,7 +146,7 @@ def parse_machine(data: object) -> MachineSpec:
         if start is not None:
             start = _integer(start, f"{where}.start", 0, MAX_START)
         processes.append(ProcessSpec(pid, device, used, start))
-    return MachineSpec(tuple(devices), tuple(processes), boot_id)
+    return MachineSpec(tuple(devices), tuple(processes), boot_id, tuple(telemetry))
 
 
 def load_machine(data: bytes) -> MachineSpec:
@@ -210,6 +222,10 @@ def _integer(value: object, where: str, minimum: int, maximum: int) -> int:
     if value > maximum:
         raise ValueError(f"{where} must be at most {maximum}")
     return value
+
+
+def _optional_integer(value: object, where: str, minimum: int, maximum: int) -> int | None:
+    return None if value is None else _integer(value, where, minimum, maximum)
 
 
 def _text(value: object, where: str) -> str | None:

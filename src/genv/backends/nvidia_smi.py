@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from genv.backends.base import BackendError
 from genv.domain.constants import GARBAGE_PIDS
 from genv.domain.memory import MIB
-from genv.domain.models import Device, GpuProcess, GpuSnapshot
+from genv.domain.models import Device, DeviceTelemetry, GpuProcess, GpuSnapshot
 from genv.system.procfs import valid_pid
 
 GPU_QUERY = (
@@ -31,6 +31,10 @@ GPU_QUERY = (
 )
 APPS_QUERY = (
     "--query-compute-apps=gpu_uuid,pid,used_gpu_memory",
+    "--format=csv,noheader,nounits",
+)
+TELEMETRY_QUERY = (
+    "--query-gpu=index,temperature.gpu,utilization.gpu",
     "--format=csv,noheader,nounits",
 )
 # Pids a binding that does not match the driver reports; never act on them.
@@ -113,6 +117,20 @@ def _whole(text: str, limit: int) -> int | None:
         return None
     value = int(text)
     return value if value <= limit else None
+
+
+def parse_telemetry(text: str) -> tuple[DeviceTelemetry, ...]:
+    """``--query-gpu=index,temperature.gpu,utilization.gpu`` output; ``[N/A]`` is None and a
+    line that cannot be read is left out."""
+    found = []
+    for line in _lines(text):
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 3 or (index := _whole(fields[0], 1 << 16)) is None:
+            continue
+        temperature = _whole(fields[1], 300)
+        utilization = _whole(fields[2].rstrip("%").strip(), 100)
+        found.append(DeviceTelemetry(index, temperature, utilization))
+    return tuple(found)
 
 
 def parse_apps(text: str) -> tuple[list[tuple[str, int, int | None]], list[str]]:
@@ -209,6 +227,14 @@ class NvidiaSmiBackend:
                 partial=True,
             )
         return build_snapshot(gpu_text, apps_text)
+
+    def telemetry(self) -> tuple[DeviceTelemetry, ...]:
+        """One more ``--query-gpu`` call, for monitors (see TelemetrySource)."""
+        try:
+            text = self._run(TELEMETRY_QUERY, time.monotonic() + self.timeout)
+        except BackendError:
+            return ()
+        return parse_telemetry(text or "")
 
     def close(self) -> None:
         """Nothing is held between calls."""

@@ -27,7 +27,7 @@ from genv.backends.nvml_binding import (
     NvmlError,
     NvmlLibrary,
 )
-from genv.domain.models import Device, GpuProcess, GpuSnapshot
+from genv.domain.models import Device, DeviceTelemetry, GpuProcess, GpuSnapshot
 from genv.system.procfs import valid_pid
 
 FIRST_BACKOFF_S = 1.0
@@ -120,6 +120,32 @@ class NvmlBackend:
                 tuple(reading.errors),
                 reading.partial,
             )
+
+    def telemetry(self) -> tuple[DeviceTelemetry, ...]:
+        """Temperature and utilization of every device that answers (see TelemetrySource).
+
+        Losing the driver here is left for the next snapshot to notice and handle.
+        """
+        with self._lock:
+            try:
+                self._ensure_open()
+                count = self._library.device_count()
+            except (BackendError, NvmlError):
+                return ()
+            found = []
+            for index in range(count):
+                try:
+                    handle = self._library.device_handle(index)
+                except NvmlError:
+                    continue
+                found.append(
+                    DeviceTelemetry(
+                        index,
+                        _optional(self._library.temperature, handle),
+                        _optional(self._library.utilization, handle),
+                    )
+                )
+            return tuple(found)
 
     def close(self) -> None:
         """Shut NVML down if it is open; a later snapshot opens it again, without waiting."""
@@ -233,6 +259,13 @@ class NvmlBackend:
         self._library.forget()
         with contextlib.suppress(NvmlError):  # the driver is gone already: nothing to release
             self._library.shutdown()
+
+
+def _optional(read: Callable[[ctypes.c_void_p], int | None], handle: ctypes.c_void_p) -> int | None:
+    try:
+        return read(handle)
+    except NvmlError:
+        return None
 
 
 class _Reading:

@@ -144,6 +144,16 @@ class _Memory(ctypes.Structure):
     ]
 
 
+class _Utilization(ctypes.Structure):
+    """``nvmlUtilization_t``: percent of the last sample period."""
+
+    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+
+
+TEMPERATURE_GPU = 0  # nvmlTemperatureSensors_t NVML_TEMPERATURE_GPU
+MAX_TEMPERATURE = 300  # degrees C: more is a garbage answer, not a reading
+
+
 # The records unpacked in bulk (a Python object per field through ctypes is the slow part
 # with thousands of processes); the layouts are checked against the structures at import.
 _UNPACK = {_ProcessInfo: struct.Struct("@IQII"), _ProcessInfoV1: struct.Struct("@IQ")}
@@ -265,6 +275,19 @@ class NvmlLibrary:
         memory = _Memory()
         self._call(("nvmlDeviceGetMemoryInfo",), handle, ctypes.byref(memory))
         return _available(memory.total), _available(memory.used)
+
+    def temperature(self, handle: ctypes.c_void_p) -> int | None:
+        """The GPU's temperature in degrees C; None for an impossible answer."""
+        value = ctypes.c_uint(0)
+        sensor = ctypes.c_int(TEMPERATURE_GPU)
+        self._call(("nvmlDeviceGetTemperature",), handle, sensor, ctypes.byref(value))
+        return value.value if value.value <= MAX_TEMPERATURE else None
+
+    def utilization(self, handle: ctypes.c_void_p) -> int | None:
+        """Percent of the last sample period a kernel ran; None for an impossible answer."""
+        rates = _Utilization()
+        self._call(("nvmlDeviceGetUtilizationRates",), handle, ctypes.byref(rates))
+        return rates.gpu if rates.gpu <= 100 else None
 
     def processes(self, handle: ctypes.c_void_p, kind: str, device: str) -> list[Record]:
         """The ``Compute`` or ``MPSCompute`` processes of a device (``device``: its uuid, the

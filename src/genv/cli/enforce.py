@@ -57,6 +57,15 @@ _count = checked(validate.count)
 _memory = checked(validate.memory_amount)
 
 
+def _listen(text: str) -> tuple[str, int]:
+    from genv.metrics.server import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _user_value(convert):
     def parse(text: str):
         user, sep, value = text.partition("=")
@@ -155,6 +164,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="plain lines (default) or one JSON object per finding and action",
     )
     acting.add_argument(
+        "--metrics-port",
+        type=_listen,
+        metavar="[ADDRESS:]PORT",
+        help="serve the daemon's Prometheus metrics on this port (on 127.0.0.1 unless an "
+        "address is given)",
+    )
+    acting.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         default="info",
@@ -230,6 +246,7 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     lock = None
     if daemon and not args.dry_run:
         lock = store.daemon_lock()  # a second daemon on this folder stops here, in one line
+    metrics_server = None
     try:
         enforcer = Enforcer(
             Observer(open_backend(), store, watcher),
@@ -239,6 +256,18 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
             Reporter(json_lines=args.log_format == "json", dry_run=args.dry_run),
             stopper=stopper,
         )
+        if args.metrics_port is not None:
+            from genv.errors import UsageError
+            from genv.metrics.enforcement import EnforcementMetrics
+
+            if not daemon:
+                raise UsageError(
+                    "--metrics-port serves a running daemon: give an --interval above 0"
+                )
+            metrics = EnforcementMetrics(dry_run=args.dry_run)
+            metrics_server = metrics.serve(*args.metrics_port)
+            enforcer.add_reporter(metrics)  # beside the Reporter: told every event and cycle
+            log.info("serving metrics on %s", metrics_server.url)
         if not daemon:
             return 0 if enforcer.run_once() else 1
         log.info("enforcing every %gs", args.interval)
@@ -246,5 +275,7 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
         log.info("stopped")
         return 0
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         if lock is not None:
             lock.close()

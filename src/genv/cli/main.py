@@ -26,9 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "home": ("genv.cli.shell_commands", "Show the project folder of this environment"),
     "lock": ("genv.cli.lock", "Run a command with exclusive use of over-subscribed devices"),
     "migrate": ("genv.cli.migrate", "Take over the state of genv 1.4.3 (as root)"),
+    "monitor": ("genv.cli.monitor", "Export usage to Prometheus, with Grafana dashboards"),
     "remote": ("genv.cli.remote", "Query, manage and enforce remote hosts over SSH"),
     "shell": ("genv.cli.shell_commands", "Shell integration"),
     "status": ("genv.cli.shell_commands", "Show the status of this shell's environment"),
+    "top": ("genv.cli.top", "Show the GPUs, environments and users live"),
     "usage": ("genv.cli.usage", "What genv remote runs on each host (snapshot, execute, serve)"),
     "version": ("genv.cli.version", "Print the genv version"),
 }

@@ -17,6 +17,17 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceTelemetry:
+    """What monitoring shows of a device beyond memory: temperature (degrees C) and compute
+    utilization (percent of the last sample period); None where the device does not say.
+    Read only by monitors (``genv monitor``, ``genv top``): the enforcer needs neither."""
+
+    index: int
+    temperature: int | None = None
+    utilization: int | None = None
+
+
+@dataclass(frozen=True)
 class GpuProcess:
     """A compute process on one device, with the host pid NVML reports.
 

@@ -102,6 +102,7 @@ class Enforcer:
                 terminations=len(plan.terminations) if plan else 0,
                 detachments=len(plan.detachments) if plan else 0,
                 reused=reused,
+                plan=plan,
             )
         )
         return plan if skipped is None else None

@@ -19,12 +19,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from genv.domain.validate import safe_text
 from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
+from genv.enforce.plan import Plan
 
 log = logging.getLogger("genv.enforce")
 
@@ -79,6 +80,8 @@ class CycleReport:
     terminations: int = 0
     detachments: int = 0
     reused: bool = False  # the plan of the previous cycle was reused: nothing had changed
+    plan: Plan | None = field(default=None, compare=False)  # what it concluded, if it got there
+    hosts_not_answering: int = 0  # hosts of a cluster that gave no snapshot (0 on one host)
 
 
 class Sink(Protocol):

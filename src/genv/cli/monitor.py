@@ -1,0 +1,147 @@
+"""``genv monitor``: a Prometheus exporter of this machine's usage, and the files for Prometheus
+and Grafana (genv 1.4.3's command, flags and metric names)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from genv.cli.common import checked
+from genv.domain import validate
+
+log = logging.getLogger("genv.metrics")
+
+MAX_INTERVAL = 3600.0
+
+
+def _interval(text: str) -> float:
+    value = validate.seconds(text, "--interval", MAX_INTERVAL)
+    if value < 0.1:
+        raise validate.InvalidValue("--interval must be at least 0.1 seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise validate.InvalidValue(f"{validate.safe_text(text, 20)!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _listen(text: str) -> str:
+    from genv.metrics.server import parse_listen
+
+    try:
+        address, port = parse_listen(text)
+    except ValueError as error:
+        raise validate.InvalidValue(str(error)) from None
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _count(text: str) -> int:
+    value = validate.count(text, "--max-process-series", 10**7)
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="folder for the Prometheus and Grafana files (default: /var/lib/genv/monitor "
+        "as root, ~/.local/state/genv/monitor otherwise)",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=checked(_port),
+        default=8000,
+        help="port of the exporter (default: 8000)",
+    )
+    parser.add_argument(
+        "-i",
+        "--interval",
+        type=checked(_interval),
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between collections (default: 10)",
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; the metrics name users and "
+        "processes, so think before exposing them)",
+    )
+    parser.add_argument(
+        "--max-process-series",
+        type=checked(_count),
+        default=1000,
+        metavar="N",
+        help="per-process metrics (a series per pid) only while the machine has at most N "
+        "GPU processes (default: 1000; 0: never)",
+    )
+    parser.add_argument(
+        "--enforcer",
+        type=checked(_listen),
+        nargs="+",
+        default=[],
+        metavar="[ADDRESS:]PORT",
+        help="genv enforce --metrics-port endpoints for Prometheus to scrape too",
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        default="http://127.0.0.1:9090",
+        metavar="URL",
+        help="where Grafana finds Prometheus (default: http://127.0.0.1:9090)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="level of the diagnostics on stderr",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genv.metrics.config_files import default_config_dir, write_config
+    from genv.metrics.exporter import Exporter
+    from genv.metrics.local import LocalSource
+    from genv.metrics.server import MetricsServer
+
+    library = logging.getLogger("genv")
+    library.handlers.clear()
+    library.setLevel(logging.NOTSET)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="genv monitor: %(levelname)s: %(message)s",
+    )
+    source = LocalSource()
+    exporter = Exporter(source, args.max_process_series)
+    exporter.collect_once(strict=True)
+    server = MetricsServer(args.address, args.port, exporter.page)
+    target = (
+        f"[{args.address}]:{server.port}"
+        if ":" in args.address
+        else (f"{args.address}:{server.port}")
+    )
+    folder = Path(args.config_dir) if args.config_dir else default_config_dir()
+    write_config(folder, [target], args.enforcer, args.prometheus_url)
+    server.start()
+    signal.signal(signal.SIGTERM, exporter.stop)
+    signal.signal(signal.SIGINT, exporter.stop)
+    log.info(
+        "serving %s every %gs; Prometheus and Grafana files in %s",
+        server.url,
+        args.interval,
+        folder,
+    )
+    try:
+        exporter.run(args.interval)
+    finally:
+        server.close()
+        source.close()
+    log.info("stopped")
+    return 0

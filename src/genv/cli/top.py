@@ -1,0 +1,82 @@
+"""``genv top``: the machine at a glance, live in a terminal, or one plain frame otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from genv.cli.common import checked
+from genv.domain import validate
+
+
+def _interval(text: str) -> float:
+    value = validate.seconds(text, "--interval", 3600.0)
+    if value < 0.1:
+        raise validate.InvalidValue("--interval must be at least 0.1 seconds")
+    return value
+
+
+def _endpoint(text: str) -> str:
+    from genv.metrics.scrape import endpoint
+
+    try:
+        return endpoint(text)
+    except ValueError as error:
+        raise validate.InvalidValue(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    from genv.top.model import SORT_KEYS
+
+    parser.add_argument(
+        "-i",
+        "--interval",
+        type=checked(_interval),
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between refreshes (default: 1)",
+    )
+    parser.add_argument(
+        "--enforcer",
+        type=checked(_endpoint),
+        default=os.environ.get("GENV_ENFORCER_METRICS") or None,
+        metavar="URL",
+        help="the metrics of genv enforce --metrics-port (HOST:PORT or a URL; default: "
+        "$GENV_ENFORCER_METRICS), to show its latest actions",
+    )
+    parser.add_argument("--user", metavar="NAME", help="show only this user (key u)")
+    parser.add_argument(
+        "--sort", choices=SORT_KEYS, default="user", help="order of users (key s; default: user)"
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (the default when stdout is not a terminal)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from genv.metrics.local import LocalSource
+    from genv.top.app import EnforcerPoller, Top
+    from genv.top.model import ViewOptions
+
+    interactive = sys.stdout.isatty() and not args.once
+    source = LocalSource()
+    poller = None
+    if args.enforcer:
+        poller = EnforcerPoller(args.enforcer, args.interval).start()
+    top = Top(source, args.interval, poller, ViewOptions(args.sort, args.user))
+    try:
+        if interactive:
+            top.run(Console())
+        else:
+            width = int(os.environ.get("COLUMNS", "") or 0) or 120
+            top.print_once(Console(width=width, color_system=None, highlight=False))
+    finally:
+        if poller is not None:
+            poller.stop()
+        source.close()
+    return 0

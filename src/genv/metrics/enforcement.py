@@ -1,0 +1,264 @@
+"""The daemon's own metrics (``genv enforce --metrics-port``): a sink of its events.
+
+It sits beside the Reporter (genv.enforce.report.Reporters) and receives the same calls:
+``finding``, ``terminating``, ``outcome``, ``killing``, ``detaching`` and, once per cycle,
+``cycle``. Each costs a few counter updates in the daemon's thread (a cycle whose plan did
+not change recounts nothing); the page is rendered in the HTTP server's thread from the
+counters alone, so a scrape never waits for a cycle and a cycle never waits for a scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from genv import __version__
+from genv.enforce.executor import Kill, Outcome
+from genv.enforce.findings import Detachment, Finding, Termination
+from genv.enforce.plan import Plan
+from genv.enforce.report import CycleReport
+from genv.enforce.rules import (
+    ENV_DEVICES,
+    ENV_MEMORY,
+    MAX_DEVICES_PER_USER,
+    MAX_MEMORY_PER_USER,
+    NON_ENV_PROCESSES,
+)
+from genv.metrics.server import MetricsServer
+from genv.metrics.usage import user_label
+
+RULES = (NON_ENV_PROCESSES, ENV_DEVICES, ENV_MEMORY, MAX_DEVICES_PER_USER, MAX_MEMORY_PER_USER)
+TERMINATE, KILL, DETACH = "terminate", "kill", "detach"
+SIGTERM, SIGKILL = "SIGTERM", "SIGKILL"
+# From a tenth of a millisecond (an unchanged machine) to seconds (nvidia-smi on a busy host).
+CYCLE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# Counters without the extra ``_created`` series (one per label set) where the client can.
+if hasattr(prometheus_client, "disable_created_metrics"):
+    prometheus_client.disable_created_metrics()
+
+
+def _user(termination: Termination) -> str:
+    facts = termination.process.facts
+    return user_label(facts.uid, facts.username)
+
+
+class _OwnProcess:
+    """The daemon's CPU time and resident memory (prometheus-client's process metrics, by the
+    same names), read cheaply: no count of open descriptors, which the daemon holds one per
+    GPU process (listing them on every scrape would cost more than a cycle)."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._started = time.time()  # the daemon sets its metrics up as it starts
+
+    def collect(self) -> list[Metric]:
+        times = os.times()
+        found: list[Metric] = [
+            CounterMetricFamily(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                value=times.user + times.system,
+            ),
+            GaugeMetricFamily(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                value=self._started,
+            ),
+        ]
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                resident = int(statm.read().split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return found
+        found.append(
+            GaugeMetricFamily(
+                "process_resident_memory_bytes", "Resident memory size in bytes", value=resident
+            )
+        )
+        return found
+
+
+# Why a cycle did not complete (the reason label of genv_enforce_cycle_errors): the GPUs or
+# the state could not be read (observe), or the cycle raised (internal: a bug, logged).
+NOT_OBSERVED = "observe"
+FAILED = "internal"
+CYCLE_ERRORS = (NOT_OBSERVED, FAILED)
+
+
+def _error_reason(report: CycleReport) -> str:
+    return FAILED if report.skipped == "failed" else NOT_OBSERVED
+
+
+class EnforcementMetrics:
+    """The daemon's counters and gauges, in a registry of their own."""
+
+    def __init__(self, dry_run: bool = False, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.terminations = Counter(
+            "genv_enforce_terminations",
+            "Processes sent SIGTERM, by the rule that found them and their user",
+            ["rule", "user"],
+            registry=registry,
+        )
+        self.kills = Counter(
+            "genv_enforce_kills",
+            "Processes sent SIGKILL after the grace period, by rule and user",
+            ["rule", "user"],
+            registry=registry,
+        )
+        self.detachments = Counter(
+            "genv_enforce_detachments",
+            "Environments detached from a device, by rule and user",
+            ["rule", "user"],
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "genv_enforce_signal_outcomes",
+            "What came of each signal the daemon meant to send, by rule and signal: "
+            "signalled, gone (exited first), reused (its pid names another process now), "
+            "permission-denied, refused, failed, dry-run",
+            ["rule", "signal", "outcome"],
+            registry=registry,
+        )
+        self.violations = Gauge(
+            "genv_enforce_violations",
+            "Violations found by the last complete cycle, by rule",
+            ["rule"],
+            registry=registry,
+        )
+        self.cycle_seconds = Histogram(
+            "genv_enforce_cycle_duration_seconds",
+            "Wall time of an enforcement cycle (observe, rules, actions)",
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.cycles = Counter("genv_enforce_cycles", "Enforcement cycles run", registry=registry)
+        self.cycle_errors = Counter(
+            "genv_enforce_cycle_errors",
+            "Cycles that did not complete: observe (the GPUs or the state could not be "
+            "read) or internal (a bug; logged)",
+            ["reason"],
+            registry=registry,
+        )
+        self.last_cycle = Gauge(
+            "genv_enforce_last_cycle_timestamp_seconds",
+            "Time the last complete cycle began (Unix seconds)",
+            registry=registry,
+        )
+        self.hosts_not_answering = Gauge(
+            "genv_enforce_hosts_not_answering",
+            "Hosts that gave no snapshot in the last cycle (0 on one host)",
+            registry=registry,
+        )
+        self.last_action = Gauge(
+            "genv_enforce_last_action_timestamp_seconds",
+            "Time of the latest action of each kind (terminate, kill, detach), by rule "
+            "and user (Unix seconds)",
+            ["action", "rule", "user"],
+            registry=registry,
+        )
+        self.dry_run = Gauge(
+            "genv_enforce_dry_run",
+            "1 when the daemon runs with --dry-run (it signals and changes nothing)",
+            registry=registry,
+        )
+        self.info = Gauge(
+            "genv_enforce_info",
+            "The running daemon, with its version",
+            ["version"],
+            registry=registry,
+        )
+        registry.register(_OwnProcess())
+        self.dry_run.set(1 if dry_run else 0)
+        self.info.labels(__version__).set(1)
+        for rule in RULES:
+            self.violations.labels(rule).set(0)
+        for reason in CYCLE_ERRORS:
+            self.cycle_errors.labels(reason)
+        self._plan: Plan | None = None
+        self._signalling: Termination | None = None
+
+    # -- the daemon's events ------------------------------------------------------------
+
+    def finding(self, finding: Finding) -> None:
+        """Counted per cycle, from the whole plan (see ``cycle``): a finding about a process
+        already on its way out is not reported again, but it is still a violation."""
+
+    def terminating(self, termination: Termination) -> None:
+        self._signalling = termination
+
+    def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None:
+        """After SIGTERM (it follows ``terminating``), or a SIGKILL that found nothing to kill."""
+        sent = SIGTERM if termination is self._signalling else SIGKILL
+        self._signalling = None
+        self.outcomes.labels(termination.rule, sent, outcome.value).inc()
+        if sent == SIGTERM and outcome is Outcome.SIGNALLED:
+            user = _user(termination)
+            self.terminations.labels(termination.rule, user).inc()
+            self.last_action.labels(TERMINATE, termination.rule, user).set(self.clock())
+
+    def killing(self, kill: Kill) -> None:
+        termination = kill.termination
+        if kill.outcome is not Outcome.SIGNALLED:  # nothing left to kill, or it failed
+            self.outcomes.labels(termination.rule, SIGKILL, kill.outcome.value).inc()
+            return
+        user = _user(termination)
+        self.kills.labels(termination.rule, user).inc()
+        self.outcomes.labels(termination.rule, SIGKILL, Outcome.SIGNALLED.value).inc()
+        self.last_action.labels(KILL, termination.rule, user).set(self.clock())
+
+    def detaching(self, detachment: Detachment) -> None:
+        user = user_label(detachment.uid, detachment.username)
+        self.detachments.labels(detachment.rule, user).inc()
+        self.last_action.labels(DETACH, detachment.rule, user).set(self.clock())
+
+    def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None:
+        """Counted as what did not happen: the detachments are tried again next cycle."""
+
+    def cycle(self, report: CycleReport) -> None:
+        self.cycles.inc()
+        self.cycle_seconds.observe(report.duration)
+        self.hosts_not_answering.set(report.hosts_not_answering)
+        if not report.acted:
+            self.cycle_errors.labels(_error_reason(report)).inc()
+            return
+        self.last_cycle.set(self.clock() - report.duration)  # when it began, in Unix time
+        if report.plan is not self._plan:  # an unchanged machine gives back the same plan
+            self._plan = report.plan
+            found = Tally(finding.rule for finding in report.plan.findings) if report.plan else {}
+            for rule in {*RULES, *found}:
+                self.violations.labels(rule).set(found.get(rule, 0))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def page(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, address: str, port: int) -> MetricsServer:
+        return MetricsServer(address, port, self.page).start()
