@@ -70,6 +70,7 @@ def bob(users) -> User:
 
 
 ROOT_USER = User("root", 0, 0)
+CYCLE_LINE = "cycle done in"  # what the daemon logs at the end of a cycle, at debug level
 
 
 # -- the shared folder and the simulated machine -------------------------------------------
@@ -284,6 +285,13 @@ class Daemon:
                     f"stdout:\n{self.stdout()}\nstderr:\n{self.stderr()}"
                 )
             time.sleep(0.05)
+
+    def wait_cycles(self, cycles: int = 1, timeout: float = 10.0) -> None:
+        """Wait until the daemon has run ``cycles`` more cycles (it must have been started
+        with ``--log-level debug``, which logs one line a cycle): to let cycles pass without
+        sleeping for a guess of how long they take."""
+        done = self.stderr().count(CYCLE_LINE)
+        self.wait_for(CYCLE_LINE, where="stderr", timeout=timeout, count=done + cycles)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 5.0) -> int:
         self.process.send_signal(signum)

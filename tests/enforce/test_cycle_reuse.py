@@ -4,14 +4,13 @@ the first change: a new process, a process that was replaced, a state change."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from genv.backends.fake import FakeBackend
+from genv.backends.machine_file import write_machine
 from genv.enforce.daemon import Enforcer
 from genv.enforce.executor import Detacher, Terminator
 from genv.enforce.observe import Observer
@@ -31,16 +30,12 @@ def world(tmp_path):
     def start(**env: str) -> subprocess.Popen:
         child = subprocess.Popen(["sleep", "60"], env={**os.environ, **env})
         children.append(child)
+        wait_environ(child.pid)  # ready: the kernel shows its environment
         return child
 
     def describe(*placements: tuple[subprocess.Popen, int]) -> None:
-        data = {"devices": [{"total_memory": "80gi"}] * 2,
-                "processes": [{"pid": p.pid, "device": d, "used_memory": "1gi"}
-                              for p, d in placements]}
-        temporary = machine.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data))
-        time.sleep(0.01)  # a distinct modification time
-        temporary.replace(machine)
+        write_machine(machine, [{"total_memory": "80gi"}] * 2,
+                      [{"pid": p.pid, "device": d, "used_memory": "1gi"} for p, d in placements])
 
     watcher = ProcessWatcher()
     store = Store(tmp_path / "state", alive=watcher.runs_as)
@@ -66,7 +61,6 @@ def env_with_member(start, describe, store) -> subprocess.Popen:
         tx.activate("e1", pid=anchor.pid)
         tx.attach("e1", 0)
     member = start(GENV_ENVIRONMENT_ID="e1")
-    wait_environ(member.pid)
     describe((member, 0))
     return member
 

@@ -18,9 +18,9 @@ def started(daemon) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_daemon_stops_cleanly_and_quickly(genv, machine, signum):
-    daemon = genv.start("--interval", "30")
+    daemon = genv.start("--interval", "30", "--log-level", "debug")
     started(daemon)
-    time.sleep(0.2)  # into its wait for the next cycle
+    daemon.wait_for("cycle done in", where="stderr")  # its first cycle is over: it waits
 
     began = time.monotonic()
     rc = daemon.stop(signum)
@@ -111,14 +111,14 @@ def test_gpu_device_vanishing_while_the_daemon_runs(genv, machine, procs, env_of
     member = procs.start(eid="e1")
     machine.add(member.pid, 1, "1gi")
     daemon = genv.start("--interval", "0.3", "--non-env-processes", "--grace", "1",
-                        "--max-devices-per-user", "1")
+                        "--max-devices-per-user", "1", "--log-level", "debug")
     started(daemon)
-    time.sleep(0.4)
+    daemon.wait_cycles(1)
 
     machine.set_devices("80gi")  # device 1 fell off the bus
 
     daemon.wait_for("not present", where="stderr")
-    time.sleep(0.8)
+    daemon.wait_cycles(3)
     assert daemon.running()
     assert daemon.stderr().count("device 1, which is not present now") == 1
     assert procs.alive(member)
@@ -130,7 +130,7 @@ def test_gpu_device_vanishing_while_the_daemon_runs(genv, machine, procs, env_of
 
     machine.set_devices("80gi", "80gi")  # back
     daemon.wait_for("resolved:", where="stderr")
-    time.sleep(0.4)
+    daemon.wait_cycles(2)
     assert daemon.running()
     assert procs.alive(member)
     assert str(member.pid) not in daemon.stdout()
@@ -139,12 +139,13 @@ def test_gpu_device_vanishing_while_the_daemon_runs(genv, machine, procs, env_of
 
 
 def test_machine_file_broken_while_the_daemon_runs(genv, machine, procs):
-    daemon = genv.start("--interval", "0.3", "--non-env-processes", "--grace", "1")
+    daemon = genv.start("--interval", "0.3", "--non-env-processes", "--grace", "1",
+                        "--log-level", "debug")
     started(daemon)
     machine.path.write_text("{ not json")
 
     daemon.wait_for("cannot take a snapshot", where="stderr")
-    time.sleep(0.8)
+    daemon.wait_cycles(3)
     assert daemon.running()
     assert daemon.stderr().count("cannot take a snapshot") == 1
 
