@@ -119,15 +119,6 @@ def eid() -> str | None:
 
 
 @contextmanager
-def _store() -> Iterator[Store]:
-    store = Store()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@contextmanager
 def activate(
     eid: str | None = None,
     name: str | None = None,
@@ -167,7 +158,7 @@ def activate(
     if load:
         home = project.find_home()
         saved_config = project.read_project(home) if home is not None else None
-    with _store() as store:
+    with Store() as store:
         view = environments.enter(store, eid, pid, changes, saved_config, attach, over_subscribe)
     saved = {name: os.environ.get(name) for name in session.VARIABLES}
     _set(session.variables(eid, view.indices, view.env.config))
@@ -175,13 +166,13 @@ def activate(
         yield eid
     finally:
         _set(saved)
-        with _store() as store:
+        with Store() as store:
             environments.unregister(store, pid=pid)
 
 
 def configuration() -> Env.Config:
     """The configuration of the active environment."""
-    with _store() as store:
+    with Store() as store:
         return Env.Config.of(environments.find(store, session.require_eid()).env.config)
 
 
@@ -189,7 +180,7 @@ def refresh_configuration() -> Env.Config:
     """The active environment's configuration as stored, with this process's variables
     (``GENV_GPUS``, ``GENV_GPU_MEMORY``, ``GENV_ENVIRONMENT_NAME``) brought in line."""
     current = session.require_eid()
-    with _store() as store:
+    with Store() as store:
         _refresh(store, current)
         return Env.Config.of(environments.find(store, current).env.config)
 
@@ -239,7 +230,7 @@ def configure(
                 None if value is None else session.check_value(field_, value)
             )
     current = session.require_eid()
-    with _store() as store:
+    with Store() as store:
         if changes:
             environments.configure(store, current, **changes)
         _refresh(store, current)
@@ -248,7 +239,7 @@ def configure(
 
 def attached() -> list[int]:
     """The indices of the devices attached to the active environment."""
-    with _store() as store:
+    with Store() as store:
         return environments.find(store, session.require_eid()).indices
 
 
@@ -270,7 +261,7 @@ def attach(
     if count is not None and index is not None:
         raise GenvError("give either a device count or an index, not both")
     current = session.require_eid()
-    with _store() as store:
+    with Store() as store:
         devices.attach(store, current, count, index, over_subscribe)
         return _refresh(store, current)
 
@@ -278,7 +269,7 @@ def attach(
 def detach(index: int | None = None) -> list[int]:
     """Detach device ``index`` (every device when None); returns the indices still attached."""
     current = session.require_eid()
-    with _store() as store:
+    with Store() as store:
         devices.detach(store, current, index)
         return _refresh(store, current)
 
@@ -287,7 +278,7 @@ def refresh_attached() -> list[int]:
     """The devices attached to the active environment as stored, with this process's
     ``CUDA_VISIBLE_DEVICES`` brought in line."""
     current = session.require_eid()
-    with _store() as store:
+    with Store() as store:
         return _refresh(store, current)
 
 
@@ -304,7 +295,7 @@ def lock() -> Iterator[list[int]]:
     if current is None:
         yield []
         return
-    with _store() as store, locks.hold(store, current) as indices:
+    with Store() as store, locks.hold(store, current) as indices:
         yield indices
 
 

@@ -79,3 +79,22 @@ def add_table_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
         default=default("tui"),
         help="Output format (default: tui)",
     )
+
+
+def log_as_daemon(program: str, level: str) -> None:
+    """Long-running commands (enforce, monitor, remote) log through the logging module,
+    one escaped line each, as ``PROGRAM: LEVEL: message`` on stderr, instead of the
+    ``genv: warning:`` lines of one-off commands."""
+    import logging
+
+    from genv.enforce.report import OneLineFormatter
+
+    library = logging.getLogger("genv")
+    library.handlers.clear()
+    library.setLevel(logging.NOTSET)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(f"{program}: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import TYPE_CHECKING
 
+from genv.cli import common
 from genv.cli.common import checked
 from genv.domain import validate
 
@@ -190,20 +190,6 @@ def run(args: argparse.Namespace) -> int:
         stopper.close()
 
 
-def _configure_logging(level: str) -> None:
-    from genv.enforce.report import OneLineFormatter
-
-    library = logging.getLogger("genv")  # the daemon logs in its own format, not as warnings
-    library.handlers.clear()
-    library.setLevel(logging.NOTSET)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("genv enforce: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
 def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.backends import open_backend
     from genv.enforce.daemon import Enforcer
@@ -214,7 +200,7 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.store import Store
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
-    _configure_logging(args.log_level)
+    common.log_as_daemon("genv enforce", args.log_level)
     log.debug("started as pid %d; SIGTERM or SIGINT stops it", os.getpid())
     config = RuleConfig(
         non_env_processes=args.non_env_processes,

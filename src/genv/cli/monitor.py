@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 
 from genv.cli.common import checked
 from genv.domain import validate
@@ -105,19 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from genv.cli.common import log_as_daemon
     from genv.metrics.config_files import default_config_dir, write_config
     from genv.metrics.exporter import Exporter
     from genv.metrics.local import LocalSource
     from genv.metrics.server import MetricsServer
 
-    library = logging.getLogger("genv")
-    library.handlers.clear()
-    library.setLevel(logging.NOTSET)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="genv monitor: %(levelname)s: %(message)s",
-    )
+    log_as_daemon("genv monitor", args.log_level)
     source = LocalSource()
     exporter = Exporter(source, args.max_process_series)
     exporter.collect_once(strict=True)

@@ -204,18 +204,12 @@ def _programs(names: list[str]) -> frozenset[str]:
 def _enforce(cluster, args: argparse.Namespace) -> int:  # noqa: ANN001 - listing.Cluster
     import asyncio
 
+    from genv.cli.common import log_as_daemon
     from genv.enforce.cluster import ClusterRules
     from genv.remote.enforcer import ClusterEnforcer
     from genv.remote.report import ClusterReporter
 
-    library = logging.getLogger("genv")
-    library.handlers.clear()
-    library.setLevel(logging.NOTSET)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="genv remote enforce: %(levelname)s: %(message)s",
-    )
+    log_as_daemon("genv remote enforce", args.log_level)
     rules = ClusterRules(
         non_env_processes=args.non_env_processes,
         env_devices=args.env_devices,

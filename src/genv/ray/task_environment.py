@@ -15,8 +15,7 @@ import inspect
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -84,15 +83,6 @@ def memory_share(total: int, num_gpus: float) -> str | None:
 # -- entering and leaving ---------------------------------------------------------------------
 
 
-@contextmanager
-def _store() -> Iterator[Store]:
-    store = Store()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 class TaskEnvironment:
     """The environment of one task (or actor) in the worker process that runs it."""
 
@@ -131,7 +121,7 @@ class TaskEnvironment:
             share = memory_share(by_index[indices[0]].total_memory, self.spec.num_gpus)
             if share is not None:
                 changes["gpu_memory"] = share
-        with _store() as store:
+        with Store() as store:
             view = environments.enter(store, self.spec.eid, self.pid, changes, attach=False)
             try:
                 # Ray has already decided who shares a device: genv follows its decision.
@@ -155,7 +145,7 @@ class TaskEnvironment:
         if saved is None:
             return
         _set(saved)
-        with _store() as store:
+        with Store() as store:
             environments.unregister(store, pid=self.pid)
 
 

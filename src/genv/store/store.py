@@ -125,6 +125,12 @@ class Store:
             self._dir_fd = safefs.ensure_state_dir(self.root)
         return self._dir_fd
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
