@@ -9,7 +9,7 @@ import sys
 import time
 
 from helpers_remote import Lines, env_on, gpu_process, wait_exit
-from promkit import free_port, wait_http
+from promkit import free_port, get, samples_of, wait_http
 
 GI = 1024**3
 
@@ -158,3 +158,53 @@ def test_metrics_port_needs_a_running_daemon():
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "genv: --metrics-port serves a running daemon: give an --interval above 0")
+
+
+def _page(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return samples_of(get(f"http://127.0.0.1:{port}/metrics"))
+
+
+def _wait_page(port: int, check, timeout: float = 30.0):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + timeout
+    while True:
+        page = _page(port)
+        if check(page):
+            return page
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the exporter never served what was expected: {page}")
+        time.sleep(0.05)
+
+
+def _host_up(page, host: str) -> float | None:  # noqa: ANN001
+    return next((v for labels, v in page.get("genv_host_up", []) if labels["hostname"] == host),
+                None)
+
+
+def test_a_hanging_host_holds_up_no_other(cluster, ssh_site, sleeper, tmp_path):
+    """h2 stops answering on its open channel: while its answer is awaited (up to -t), h1's
+    new process is on the page already; then h2 is ``genv_host_up 0``, said once."""
+    sim = cluster(2)
+    port = free_port()
+    monitor = sim.popen("-t", "3", "monitor", "-p", str(port), "-i", "0.2",
+                        "--config-dir", str(tmp_path / "monitor"))
+    try:
+        said = Lines(monitor.stderr)
+        Lines(monitor.stdout)
+        wait_http(f"http://127.0.0.1:{port}/metrics", alive=lambda: monitor.poll() is None)
+        _wait_page(port, lambda page: _host_up(page, "h1") == 1 and _host_up(page, "h2") == 1)
+        sim["h2"].pause()
+        started = time.monotonic()
+        late = gpu_process(sim["h1"], sleeper, ssh_site.user, None, 2)
+        page = _wait_page(port, lambda page: any(
+            labels.get("pid") == str(late.pid) for labels, _ in
+            page.get("genv_process_devices_total", [])))
+        if time.monotonic() - started < 2.5:  # h2's answer was still awaited
+            assert _host_up(page, "h2") == 1
+        _wait_page(port, lambda page: _host_up(page, "h2") == 0)
+        assert time.monotonic() - started < 15
+        said.wait_for("WARNING: h2: did not answer within 3 s")
+        assert _host_up(_page(port), "h1") == 1
+        assert said.count("WARNING: h2: ") == 1, said.lines
+    finally:
+        _stop(monitor)
+    assert monitor.returncode == 0
