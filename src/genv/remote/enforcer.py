@@ -150,7 +150,7 @@ class ClusterEnforcer:
         started = time.monotonic()
         try:
             plan, answered, reused = await self._cycle(wait_for_connections)
-        except BaseException:
+        except Exception:  # (a cancelled cycle is no failed one)
             self.reporter.cycle(CycleReport(started, time.monotonic() - started, False, "failed"))
             raise
         if self.failed is not None:
