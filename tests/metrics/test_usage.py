@@ -202,3 +202,45 @@ def test_a_cluster_source_labels_every_metric_with_its_host():
     assert value(found, "genv_environments_total", hostname="gpu1") == 2
     for name, entries in found.items():
         assert all("hostname" in labels for labels, _ in entries), name
+
+
+# -- the view on the wire (genv usage serve --usage) ------------------------------------------
+
+
+def test_a_hosts_view_crosses_the_wire_unchanged():
+    import json
+
+    from genv.metrics.usage_wire import decode_usage, encode_usage
+
+    view = usage()
+    line = json.loads(json.dumps(encode_usage(view)))
+    assert decode_usage(line) == view
+
+
+def test_what_a_host_sends_is_checked():
+    import json
+
+    import pytest
+
+    from genv.metrics.usage_wire import decode_usage, encode_usage
+    from genv.remote.wire import WireError
+
+    good = encode_usage(usage())
+
+    def broken(change) -> dict:
+        body = json.loads(json.dumps(good))
+        change(body)
+        return body
+
+    for change in (
+        lambda b: b["processes"][0].__setitem__(4, "friend"),  # no such membership
+        lambda b: b["devices"][0].__setitem__(3, -1),  # negative memory
+        lambda b: b["users"][0].__setitem__(1, "x" * 10_000),  # a name beyond bounds
+        lambda b: b["environments"][0].pop(),  # a field missing
+        lambda b: b["problems"].append(["planted", "line"]),  # no such kind
+        lambda b: b.__setitem__("time", "now"),
+    ):
+        with pytest.raises(WireError):
+            decode_usage(broken(change))
+    with pytest.raises(WireError):
+        decode_usage([1, 2])

@@ -36,6 +36,8 @@ import pytest
 from genv.backends.machine_file import write_machine
 
 from helpers_remote import Result
+from promkit import prometheus  # noqa: F401 - the fixture (genv remote monitor's tests)
+from tmuxkit import terminal  # noqa: F401 - the fixture (genv remote top's tests)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SUDOERS = Path("/etc/sudoers.d")

@@ -103,3 +103,46 @@ def test_execute_checks_a_snapshot_taken_now(fake_machine, sleeper, run_genv):
                              check=False, timeout=60)
     assert json.loads(process.stdout)["terminations"][0][2] == "signalled", process
     wait_exit(target)
+
+
+def test_serve_usage_answers_the_view_of_genv_monitor_and_never_acts(fake_machine, sleeper,
+                                                                    new_env, run_genv):
+    """``genv usage serve --usage`` (genv remote monitor and top): this host's usage view as
+    LocalSource builds it, ``same`` while only the time changes, and no request that acts."""
+    from genv.metrics.local import LocalSource
+    from genv.metrics.usage_wire import decode_usage
+
+    new_env("ea", name="train", gpu_memory="4g")
+    assert run_genv("devices", "attach", "--eid", "ea", "--index", "1").rc == 0
+    target = sleeper(env={"GENV_ENVIRONMENT_ID": "ea"})
+    wait_environ(target.pid)
+    fake_machine.add_process(target.pid, 1, "3gi")
+    agent = Agent("--usage")
+    try:
+        assert agent.hello["serves"] == ["usage"]
+        first = agent.ask(op="usage", id=1)
+        assert first["id"] == 1 and "error" not in first, first
+        view = decode_usage(first["usage"])
+        source = LocalSource()
+        try:
+            here = source.read()
+        finally:
+            source.close()
+        assert view.devices == here.devices and view.environments == here.environments
+        assert view.processes == here.processes and view.users == here.users
+        (env,) = view.environments
+        assert env.eid == "ea" and env.used == ((1, 3 * 1024**3),) and env.processes == (
+            target.pid,)
+        again = agent.ask(op="usage", full=False)
+        assert again["same"] is True and again["time"] >= view.time
+        for op in ("snapshot", "execute", "finish"):
+            refused = agent.ask(op=op, snapshot="x", terminations=[
+                _termination(target, agent.hello["boot_id"])])
+            assert "only answers usage" in refused["error"], refused
+        assert target.poll() is None
+        fake_machine.add_process(target.pid, 0, "1gi")  # it changed: the whole view again
+        changed = agent.ask(op="usage", full=False)
+        assert "same" not in changed
+        assert len(decode_usage(changed["usage"]).processes[0].memory) == 2
+    finally:
+        assert agent.close() == 0

@@ -3,12 +3,9 @@ as plain text when stdout is no terminal, and without root."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,8 +13,6 @@ from genv.domain.observation import Membership, ObservedProcess, ProcessFacts, U
 from genv.enforce.executor import Outcome
 from genv.enforce.findings import Termination
 from genv.metrics.enforcement import EnforcementMetrics
-
-GENV_VARIABLES = ("GENV_TMPDIR", "GENV_GPU_BACKEND", "GENV_FAKE_MACHINE")
 
 
 @pytest.fixture
@@ -62,70 +57,6 @@ def enforcer() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
-
-
-class Terminal:
-    """A tmux server of its own, one window of a fixed size running one command."""
-
-    def __init__(self, name: str, environment: dict[str, str]) -> None:
-        self.socket = f"genvtest-{os.getpid()}-{name}"
-        self.environment = environment
-
-    def tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["tmux", "-u", "-L", self.socket, "-f", "/dev/null", *args],
-            env=self.environment, capture_output=True, text=True, timeout=30, check=check,
-        )
-
-    def start(self, command: list[str], width: int = 160, height: int = 50) -> None:
-        self.tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height),
-                  " ".join(command))
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "top").stdout
-
-    def keys(self, *keys: str, literal: bool = False) -> None:
-        self.tmux("send-keys", "-t", "top", *(["-l"] if literal else []), *keys)
-
-    def wait_for(self, check: Callable[[str], bool], timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            screen = self.screen()
-            if check(screen):
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the screen never showed what was expected:\n{screen}")
-            time.sleep(0.1)
-
-    def running(self) -> bool:
-        return self.tmux("has-session", "-t", "top", check=False).returncode == 0
-
-    def close(self) -> None:
-        self.tmux("kill-server", check=False)
-
-
-@pytest.fixture
-def terminal() -> Iterator[Callable[[], Terminal]]:
-    if shutil.which("tmux") is None:
-        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure
-            pytest.fail("tmux is not installed, though .ci/run installs it")
-        pytest.skip("tmux is not installed (apt-get install tmux)")
-    made: list[Terminal] = []
-
-    def make() -> Terminal:
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "TERM": "xterm-256color",
-            "HOME": os.environ.get("HOME", "/root"),
-            **{name: os.environ[name] for name in GENV_VARIABLES if name in os.environ},
-        }
-        made.append(Terminal(str(len(made)), environment))
-        return made[-1]
-
-    yield make
-    for each in made:
-        each.close()
 
 
 def test_top_in_a_terminal(users, machine, terminal, enforcer):

@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from genv.cli.common import checked
 from genv.domain import validate
+
+if TYPE_CHECKING:
+    from genv.metrics.exporter import Exporter
+    from genv.metrics.source import Source
 
 log = logging.getLogger("genv.metrics")
 
@@ -102,39 +107,46 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from genv.cli.common import log_as_daemon
-    from genv.metrics.config_files import default_config_dir, write_config
-    from genv.metrics.exporter import Exporter
     from genv.metrics.local import LocalSource
-    from genv.metrics.server import MetricsServer
 
     log_as_daemon("genv monitor", args.log_level)
-    source = LocalSource()
-    exporter = Exporter(source, args.max_process_series)
-    exporter.collect_once(strict=True)
-    server = MetricsServer(args.address, args.port, exporter.page)
-    target = (
-        f"[{args.address}]:{server.port}"
-        if ":" in args.address
-        else (f"{args.address}:{server.port}")
-    )
-    folder = Path(args.config_dir) if args.config_dir else default_config_dir()
-    write_config(folder, [target], args.enforcer, args.prometheus_url)
-    server.start()
-    signal.signal(signal.SIGTERM, exporter.stop)
-    signal.signal(signal.SIGINT, exporter.stop)
-    log.info(
-        "serving %s every %gs; Prometheus and Grafana files in %s",
-        server.url,
-        args.interval,
-        folder,
-    )
+    return serve(args, LocalSource())
+
+
+def serve(args: argparse.Namespace, source: Source, exporter: Exporter | None = None) -> int:
+    """Export ``source`` (this machine, or a cluster: genv remote monitor) until SIGTERM."""
+    from pathlib import Path
+
+    from genv.metrics.config_files import default_config_dir, write_config
+    from genv.metrics.exporter import Exporter
+    from genv.metrics.server import MetricsServer
+
+    exporter = exporter or Exporter(source, args.max_process_series)
+    server = None
     try:
+        exporter.collect_once(strict=True)
+        server = MetricsServer(args.address, args.port, exporter.page)
+        target = (
+            f"[{args.address}]:{server.port}"
+            if ":" in args.address
+            else (f"{args.address}:{server.port}")
+        )
+        folder = Path(args.config_dir) if args.config_dir else default_config_dir()
+        write_config(folder, [target], args.enforcer, args.prometheus_url)
+        server.start()
+        signal.signal(signal.SIGTERM, exporter.stop)
+        signal.signal(signal.SIGINT, exporter.stop)
+        log.info(
+            "serving %s every %gs; Prometheus and Grafana files in %s",
+            server.url,
+            args.interval,
+            folder,
+        )
         exporter.run(args.interval)
     finally:
-        server.close()
+        if server is not None:
+            server.close()
         source.close()
     log.info("stopped")
     return 0

@@ -148,6 +148,31 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     )
     local_enforce.add_arguments(enforce, "enforce")
 
+    from genv.cli import monitor as local_monitor
+    from genv.cli import top as local_top
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="One Prometheus exporter for every host: genv monitor's metrics, each with "
+        "a hostname label, and genv_host_up",
+    )
+    local_monitor.add_arguments(monitor, "monitor")
+    _sudo(monitor, True)
+    top = sub.add_parser("top", help="genv top for every host")
+    local_top.add_arguments(top, "top")
+    _sudo(top, False)
+
+
+def _sudo(parser: argparse.ArgumentParser, default: bool) -> None:
+    parser.add_argument(
+        "--sudo",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="read each host as root through sudo -n, as genv remote enforce does (then the "
+        "environment of every user's process is known; without, other users' processes "
+        f"show as unknown); default: {'on' if default else 'off'}",
+    )
+
 
 def _name(text: str) -> str:
     from genv.domain import validate
@@ -175,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout or DEFAULT_TIMEOUT,
         config_file=args.ssh_config,
         options=tuple(args.ssh_options),
-        control_dir=control_dir() if args.remote_command != "enforce" else None,
+        control_dir=control_dir() if args.remote_command not in LONG_LIVED else None,
     )
     cluster = listing.Cluster(tuple(hosts), ssh, args.exit_on_error, args.quiet, args.parallel)
     if args.remote_command == "devices":
@@ -186,7 +211,74 @@ def run(args: argparse.Namespace) -> int:
         return listing.query(cluster, args)
     if args.remote_command == "activate":
         listing.activate(cluster, args)
+    if args.remote_command == "monitor":
+        return _monitor(cluster, args)
+    if args.remote_command == "top":
+        return _top(cluster, args)
     return _enforce(cluster, args)
+
+
+# Commands that keep one session per host open (the agents): no shared connections.
+LONG_LIVED = ("enforce", "monitor", "top")
+
+
+def _failed(error: object) -> int:
+    print(f"genv: {error}", file=sys.stderr)
+    return 1
+
+
+def _monitor(cluster, args: argparse.Namespace) -> int:  # noqa: ANN001 - listing.Cluster
+    from genv.cli import monitor as local_monitor
+    from genv.cli.common import log_as_daemon
+    from genv.metrics.cluster import ClusterSource
+    from genv.metrics.exporter import Exporter
+
+    log_as_daemon("genv remote monitor", args.log_level)
+    source = ClusterSource(
+        cluster.hosts,
+        cluster.ssh,
+        args.interval,
+        sudo=args.sudo,
+        quiet=cluster.quiet,
+        exit_on_error=cluster.exit_on_error,
+        parallel=cluster.parallel,
+    )
+    exporter = Exporter(source, args.max_process_series)
+    source.on_failure = lambda error: exporter.stop()
+    source.start()
+    if source.failed is not None:
+        source.close()
+        return _failed(source.failed)
+    code = local_monitor.serve(args, source, exporter)
+    return _failed(source.failed) if source.failed is not None else code
+
+
+def _top(cluster, args: argparse.Namespace) -> int:  # noqa: ANN001 - listing.Cluster
+    from genv.cli import top as local_top
+    from genv.metrics.cluster import ClusterSource
+    from genv.top.app import Top
+
+    source = ClusterSource(
+        cluster.hosts,
+        cluster.ssh,
+        args.interval,
+        sudo=args.sudo,
+        report=False,  # each host's state is on the screen
+        exit_on_error=cluster.exit_on_error,
+        parallel=cluster.parallel,
+    )
+    top = Top(source, args.interval)
+
+    def stop(error: object) -> None:
+        top.done = True
+
+    source.on_failure = stop
+    source.start()
+    if source.failed is not None:
+        source.close()
+        return _failed(source.failed)
+    code = local_top.show(args, source, top)
+    return _failed(source.failed) if source.failed is not None else code
 
 
 def _programs(names: list[str]) -> frozenset[str]:
@@ -233,6 +325,18 @@ def _enforce(cluster, args: argparse.Namespace) -> int:  # noqa: ANN001 - listin
         parallel=cluster.parallel,
     )
 
+    metrics_server = None
+    if args.metrics_port is not None:
+        from genv.errors import UsageError
+        from genv.metrics.enforcement import EnforcementMetrics
+
+        if args.interval == 0:
+            raise UsageError("--metrics-port serves a running daemon: give an --interval above 0")
+        metrics = EnforcementMetrics(dry_run=args.dry_run)
+        metrics_server = metrics.serve(*args.metrics_port)
+        enforcer.add_reporter(metrics)  # beside the reporter: every event and cycle
+        log.info("serving metrics on %s", metrics_server.url)
+
     async def main() -> int:
         if args.interval == 0:
             return await enforcer.run_once()
@@ -241,7 +345,11 @@ def _enforce(cluster, args: argparse.Namespace) -> int:  # noqa: ANN001 - listin
         log.info("stopped")
         return code
 
-    code = asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     if enforcer.failed is not None:
         print(f"genv: {enforcer.failed}", file=sys.stderr)
     return code

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from genv.cli.common import checked
 from genv.domain import validate
+
+if TYPE_CHECKING:
+    from genv.metrics.source import Source
+    from genv.top.app import Top
 
 
 def _interval(text: str) -> float:
@@ -57,19 +62,26 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genv.metrics.local import LocalSource
+
+    return show(args, LocalSource())
+
+
+def show(args: argparse.Namespace, source: Source, top: Top | None = None) -> int:
+    """``source`` (this machine, or a cluster: genv remote top) live, or one plain frame."""
     from rich.console import Console
 
-    from genv.metrics.local import LocalSource
     from genv.top.app import EnforcerPoller, Top
     from genv.top.model import ViewOptions
 
     interactive = sys.stdout.isatty() and not args.once
-    source = LocalSource()
     poller = None
-    if args.enforcer:
-        poller = EnforcerPoller(args.enforcer, args.interval).start()
-    top = Top(source, args.interval, poller, ViewOptions(args.sort, args.user))
     try:
+        if args.enforcer:
+            poller = EnforcerPoller(args.enforcer, args.interval).start()
+        top = top or Top(source, args.interval)
+        top.enforcer = poller
+        top.options = ViewOptions(args.sort, args.user)
         if interactive:
             top.run(Console())
         else:

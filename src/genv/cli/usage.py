@@ -2,7 +2,8 @@
 
 - ``snapshot --format json [--type devices|envs|processes]``: this host as JSON;
 - ``execute``: a plan on stdin, checked against a snapshot taken now;
-- ``serve``: the long-lived agent of ``genv remote enforce`` (JSON lines on stdin/stdout).
+- ``serve``: the long-lived agent of ``genv remote enforce`` (JSON lines on stdin/stdout);
+  ``serve --usage``: the one of ``genv remote monitor`` and ``genv remote top``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         help="seconds between SIGTERM and SIGKILL (default: 10)",
     )
     serve.add_argument("--dry-run", action="store_true", help="never act")
+    serve.add_argument(
+        "--usage",
+        action="store_true",
+        help="answer usage samples only, for genv remote monitor and top (never acts)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,5 +56,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("genv").setLevel(logging.ERROR)  # stderr goes back over SSH
+    if args.usage:
+        from genv.metrics.host_agent import UsageAgent
+
+        return agent.serve(UsageAgent(), sys.stdin.buffer, sys.stdout.buffer)
     host = agent.HostAgent(grace=args.grace, dry_run=args.dry_run)
     return agent.serve(host, sys.stdin.buffer, sys.stdout.buffer)

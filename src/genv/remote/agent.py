@@ -21,7 +21,7 @@ import select
 import socket
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import genv
 from genv.backends.base import BackendError
@@ -56,6 +56,8 @@ def host_facts() -> dict[str, Any]:
 class HostAgent:
     """Snapshots and plans for one host; ``long_lived`` keeps a process watcher between
     cycles (``serve``), a one-shot command goes without."""
+
+    serves: tuple[str, ...] = ("snapshot", "execute", "finish")
 
     def __init__(self, grace: float = 10.0, dry_run: bool = False, long_lived: bool = True):
         from genv.backends import open_backend
@@ -164,6 +166,32 @@ class HostAgent:
     def close(self) -> None:
         self.terminator.close()
 
+    # -- as the long-lived agent (serve) ---------------------------------------------------
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        answer: dict[str, Any]
+        if op == "snapshot":
+            answer = self.snapshot(full=request.get("full") is not False)
+        elif op == "execute":
+            answer = self.execute(request)
+        elif op == "finish":
+            wait = request.get("wait")
+            answer = self.finish(float(wait) if isinstance(wait, (int, float)) else 0.0)
+        else:
+            answer = {"error": f"unknown request {str(op)[:40]!r}"}
+        answer["op"] = op if isinstance(op, str) else None
+        answer["id"] = request.get("id")
+        self.escalate()
+        answer["events"] = self.take_events()
+        return answer
+
+    def next_deadline(self) -> float | None:
+        return self.terminator.next_deadline()
+
+    def tick(self) -> None:
+        self.escalate()
+
 
 def _items(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
@@ -213,9 +241,26 @@ def _detachments(
 # -- the long-lived agent ------------------------------------------------------------------
 
 
-def serve(agent: HostAgent, stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Answer requests until stdin closes; SIGKILL on time in between."""
-    stdout.write(wire.dumps({"op": "hello", **host_facts()}))
+class Agent(Protocol):
+    """What ``serve`` answers with: HostAgent (enforcement) or a usage agent (monitors)."""
+
+    serves: tuple[str, ...]  # the requests it answers, told in its greeting
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` has something to do next (None: only when asked)."""
+        ...
+
+    def tick(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def serve(agent: Agent, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Answer requests until stdin closes; the agent's own business (SIGKILL on time) in
+    between."""
+    stdout.write(wire.dumps({"op": "hello", **host_facts(), "serves": list(agent.serves)}))
     stdout.flush()
     fd = stdin.fileno()
     poller = select.poll()
@@ -223,7 +268,7 @@ def serve(agent: HostAgent, stdin: BinaryIO, stdout: BinaryIO) -> int:
     pending = b""
     try:
         while True:
-            deadline = agent.terminator.next_deadline()
+            deadline = agent.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
             if poller.poll(timeout):
                 chunk = os.read(fd, 1 << 20)
@@ -236,45 +281,26 @@ def serve(agent: HostAgent, stdin: BinaryIO, stdout: BinaryIO) -> int:
                     stdout.flush()
                 if len(pending) > wire.MAX_LINE:
                     return 1  # no request is that long: not a controller of this genv
-            agent.escalate()
+            agent.tick()
     finally:
         agent.close()
 
 
-def handle(agent: HostAgent, line: bytes) -> dict[str, Any]:
+def handle(agent: Agent, line: bytes) -> dict[str, Any]:
     """One answer; a bug answers an error line rather than end the agent (and with it
     enforcement on this host until the controller connects again)."""
     try:
-        return _handle(agent, line)
+        try:
+            request = wire.loads(line)
+        except wire.WireError as error:
+            return {"error": f"bad request: {error}"}
+        return agent.answer(request)
     except Exception as error:  # noqa: BLE001 - see above
         return {
             "error": f"internal error in genv usage serve: {type(error).__name__}: {error}"[:500],
             "id": None,
             "events": [],
         }
-
-
-def _handle(agent: HostAgent, line: bytes) -> dict[str, Any]:
-    try:
-        request = wire.loads(line)
-    except wire.WireError as error:
-        return {"error": f"bad request: {error}"}
-    op = request.get("op")
-    answer: dict[str, Any]
-    if op == "snapshot":
-        answer = agent.snapshot(full=request.get("full") is not False)
-    elif op == "execute":
-        answer = agent.execute(request)
-    elif op == "finish":
-        wait = request.get("wait")
-        answer = agent.finish(float(wait) if isinstance(wait, (int, float)) else 0.0)
-    else:
-        answer = {"error": f"unknown request {str(op)[:40]!r}"}
-    answer["op"] = op if isinstance(op, str) else None
-    answer["id"] = request.get("id")
-    agent.escalate()
-    answer["events"] = agent.take_events()
-    return answer
 
 
 # -- one-shot commands ---------------------------------------------------------------------

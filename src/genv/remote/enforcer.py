@@ -25,12 +25,13 @@ from typing import Any
 from genv.enforce.cluster import ClusterPlan, ClusterRules, HostView, plan_cluster
 from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Termination
-from genv.enforce.report import ProblemLog
+from genv.enforce.plan import Plan
+from genv.enforce.report import CycleReport, ProblemLog, Sink
 from genv.remote import wire
 from genv.remote.agent import IN_PROGRESS, STALE
 from genv.remote.channel import AgentChannel
 from genv.remote.hosts import Host
-from genv.remote.report import ClusterReporter
+from genv.remote.report import ClusterReporter, ClusterSinks
 from genv.remote.ssh import HostError, SshOptions
 
 log = logging.getLogger("genv.remote")
@@ -66,7 +67,7 @@ class ClusterEnforcer:
             remote.append("--dry-run")
         self.hosts = {h.name: _HostState(AgentChannel(h, ssh, remote)) for h in hosts}
         self.rules = rules
-        self.reporter = reporter
+        self.reporter = ClusterSinks(reporter)
         self.grace = grace
         self.dry_run = dry_run
         self.exit_on_error = exit_on_error
@@ -76,10 +77,16 @@ class ClusterEnforcer:
         self.failed: HostError | None = None  # with -e: the error that ends the run
         self._signalled: dict[str, dict[tuple[int, int | None], Termination]] = {}
         self._memo: tuple[tuple[object, ...], ClusterPlan] | None = None
+        self._findings: tuple[ClusterPlan, Plan] | None = None  # for the sinks, per plan
         self._stop = asyncio.Event()
         self.cycles = 0
         self._host_errors: dict[str, str] = {}  # host -> why it cannot be used now
         self._state_problems: dict[str, dict[str, str]] = {}  # what each host reported
+
+    def add_reporter(self, sink: Sink) -> None:
+        """Tell ``sink`` too of everything the daemon does (the metrics of --metrics-port),
+        as the local daemon does (Enforcer.add_reporter)."""
+        self.reporter.add(sink)
 
     # -- connections -------------------------------------------------------------------
 
@@ -140,7 +147,42 @@ class ClusterEnforcer:
     # -- one cycle ---------------------------------------------------------------------
 
     async def cycle(self, wait_for_connections: bool = False) -> ClusterPlan | None:
-        started = time.perf_counter()
+        started = time.monotonic()
+        try:
+            plan, answered, reused = await self._cycle(wait_for_connections)
+        except Exception:  # (a cancelled cycle is no failed one)
+            self.reporter.cycle(CycleReport(started, time.monotonic() - started, False, "failed"))
+            raise
+        if self.failed is not None:
+            return None
+        duration = time.monotonic() - started
+        self.reporter.cycle(
+            CycleReport(
+                started,
+                duration,
+                acted=plan is not None,
+                skipped=None if plan is not None else "no host answered",
+                findings=len(plan.findings) if plan else 0,
+                terminations=sum(len(p.terminations) for p in plan.plans.values()) if plan else 0,
+                detachments=sum(len(p.detachments) for p in plan.plans.values()) if plan else 0,
+                reused=reused,
+                plan=self._plan_of(plan) if plan else None,
+                hosts_not_answering=len(self.hosts) - answered,
+            )
+        )
+        self.cycles += 1
+        log.debug(
+            "cycle %d: %d of %d hosts answered; %.3f s",
+            self.cycles,
+            answered,
+            len(self.hosts),
+            duration,
+        )
+        return plan
+
+    async def _cycle(self, wait_for_connections: bool) -> tuple[ClusterPlan | None, int, bool]:
+        """This cycle's plan (None when no host answered), how many hosts answered, and
+        whether the plan of last cycle was reused."""
         await self._ensure_connected(wait_for_connections)
         ready = [
             n
@@ -157,27 +199,36 @@ class ClusterEnforcer:
                 del self._state_problems[name]
         self._report_problems()
         if self.failed is not None:
-            return None
+            return None, len(views), False
         key = tuple(views)
-        if (
+        reused = (
             self._memo is not None
             and len(key) == len(self._memo[0])
             and all(a is b for a, b in zip(key, self._memo[0], strict=True))
-        ):
+        )
+        if reused:
+            assert self._memo is not None
             plan = self._memo[1]
         else:
             plan = plan_cluster(views, self.rules)
             self._memo = (key, plan)
         await self._execute(plan, {v.host for v in views})
-        self.cycles += 1
-        log.debug(
-            "cycle %d: %d of %d hosts answered; %.3f s",
-            self.cycles,
-            len(views),
-            len(self.hosts),
-            time.perf_counter() - started,
-        )
-        return plan
+        return (plan if views else None), len(views), reused
+
+    def _plan_of(self, plan: ClusterPlan) -> Plan:
+        """The cluster's plan as the sinks know plans (its findings, every host's actions):
+        the same object while the plan is reused, so that they recount nothing."""
+        if self._findings is None or self._findings[0] is not plan:
+            parts = list(plan.plans.values())
+            self._findings = (
+                plan,
+                Plan(
+                    tuple(cf.finding for cf in plan.findings),
+                    tuple(t for p in parts for t in p.terminations),
+                    tuple(d for p in parts for d in p.detachments),
+                ),
+            )
+        return self._findings[1]
 
     async def _snapshot(self, name: str) -> HostView | None:
         state = self.hosts[name]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from genv.enforce.report import Reporter
+from genv.enforce.report import Reporter, Reporters
 
 
 class ClusterReporter(Reporter):
@@ -23,3 +23,16 @@ class ClusterReporter(Reporter):
         if not self.json_lines and self.host is not None and not line.startswith("  "):
             line = f"[{self.host}] {line}"
         super()._emit(line, record)
+
+
+class ClusterSinks(Reporters):
+    """The ClusterReporter and the sinks beside it (the metrics of --metrics-port), told the
+    same events in order; ``at`` says which host the lines that follow are about."""
+
+    def __init__(self, reporter: ClusterReporter) -> None:
+        super().__init__(reporter)
+        self.reporter = reporter
+
+    def at(self, host: str | None) -> ClusterSinks:
+        self.reporter.at(host)
+        return self

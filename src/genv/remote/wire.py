@@ -143,6 +143,10 @@ def _list(value: Any, length: int | None = None) -> list[Any]:
 
 UID_MAX = 2**32 - 1
 
+# The checked readers, for the other decoders of what hosts send (genv.metrics.usage_wire).
+whole, optional_whole, number = _int, _opt_int, _float
+text, optional_text, items = _text, _opt_text, _list
+
 
 def decode_environment(item: Any) -> Environment:
     eid, uid, user, creation, name, gpus, gpu_memory, procs, kernels = _list(item, 9)

@@ -188,9 +188,16 @@ def header(samples: list[HostSample], options: ViewOptions, now: float) -> Text:
     users = len({user.username for u in usages for user in u.users if user.environments})
     processes = sum(len(u.processes) for u in usages)
     line = Text("genv top", style="bold")
+    line.append(f"  {time.strftime('%H:%M:%S', time.localtime(now))}  ")
+    hosts = [s for s in samples if s.host is not None]
+    if hosts:  # a cluster (genv remote top)
+        line.append(f"{len(hosts)} host(s)")
+        silent = sum(1 for s in hosts if s.usage is None)
+        if silent:
+            line.append(f" ({silent} not answering)", style="yellow")
+        line.append(", ")
     line.append(
-        f"  {time.strftime('%H:%M:%S', time.localtime(now))}  {devices} device(s), "
-        f"{envs} environment(s), {users} user(s), {processes} GPU process(es)"
+        f"{devices} device(s), {envs} environment(s), {users} user(s), {processes} GPU process(es)"
     )
     line.append(f"   sort: {options.sort}", style="cyan")
     if options.user is not None:
@@ -217,7 +224,10 @@ def screen(
         if sample.host is not None:
             parts.append(Text(f"\n{sample.host}", style="bold underline"))
         if sample.usage is None:
-            parts.append(Text(f"  {sample.error or 'no answer'}", style="yellow"))
+            said = sample.error or "no answer"
+            if sample.host is not None:
+                said = f"not answering: {said.removeprefix(sample.host + ': ')}"
+            parts.append(Text(f"  {said}", style="yellow"))
             continue
         usage = sample.usage
         notes = [*usage.gpu_errors[:2], *(line for _, line in usage.problems[:3])]

@@ -5,21 +5,28 @@
   HTTP API (PromQL), ``wait_for`` until a query's answer satisfies a check.
 - ``free_port``: a loopback port nobody listens on; ``wait_http``: an endpoint once it answers.
 - ``samples_of``: a metrics page as {series name: [(labels, value)]}.
+- ``prometheus``: the fixture (a conftest imports it): a Prometheus, stopped and removed after
+  the test; skipped where ``prometheus`` is not installed, failed in CI (``.ci/run`` installs
+  it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 STARTUP_TIMEOUT = 60.0
@@ -150,3 +157,19 @@ def samples_of(page: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
         for sample in family.samples:
             found.setdefault(sample.name, []).append((sample.labels, sample.value))
     return found
+
+
+@pytest.fixture
+def prometheus() -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure
+            pytest.fail("prometheus is not installed, though .ci/run installs it")
+        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+    folder = Path(tempfile.mkdtemp(prefix="genvprom-"))
+    server = Prometheus(binary, folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
