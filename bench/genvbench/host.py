@@ -43,9 +43,9 @@ def _userdel(name: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_users(count: int) -> Iterator[list[User]]:
+def bench_users(count: int, prefix: str = USER_PREFIX) -> Iterator[list[User]]:
     """``count`` fresh users (``genvbench0``...), deleted on the way out, failure or not."""
-    names = [f"{USER_PREFIX}{index}" for index in range(count)]
+    names = [f"{prefix}{index}" for index in range(count)]
     try:
         users = []
         for name in names:

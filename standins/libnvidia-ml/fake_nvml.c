@@ -25,11 +25,11 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -306,7 +306,8 @@ static nvmlReturn_t enter_device(nvmlDevice_t handle, size_t *index)
  * that the stand-in's own cost does not swamp what a benchmark of its callers measures, it
  * decides once per pass (a pass begins at each nvmlDeviceGetCount, which is how every
  * reader begins one), and a process found running is then followed through a pidfd
- * (readable once it exits), so that one poll() per pass tells which of them exited. A pidfd
+ * (readable once it exits) in one epoll set, so that one epoll_wait() per pass tells which of
+ * them exited, at a cost that follows the number that exited (a pidfd is close-on-exec). A pidfd
  * names one process, never a later one with the same pid, so its start, read once, stays
  * true. Processes nobody asked about during a pass are let go.
  * ====================================================================================== */
@@ -325,7 +326,7 @@ struct watch {
 static unsigned long long g_generation = 1;
 static struct watch *g_watch;
 static size_t g_watch_capacity, g_watch_count;
-static struct pollfd *g_pollfds;
+static int g_epoll = -1; /* every pidfd of g_watch, readable once its process exits */
 
 static struct watch *watch_slot(struct watch *table, size_t capacity, unsigned long long pid)
 {
@@ -335,30 +336,46 @@ static struct watch *watch_slot(struct watch *table, size_t capacity, unsigned l
     return &table[i];
 }
 
-/* Start a generation: drop the processes that exited or that nobody asked about. */
+/* Start a generation: drop the processes that exited (one epoll_wait tells which: its cost
+ * follows the number that exited, as a driver's does, not the number followed) or that
+ * nobody asked about. */
 static void watch_new_generation(void)
 {
-    size_t n = 0, kept = 0, capacity = 64;
+    size_t kept = 0, capacity = 64, dropped = 0;
     struct watch *table;
+    struct epoll_event ready[256];
+    int n, progress;
 
     g_generation++;
     if (!g_watch_count)
         return;
-    free(g_pollfds);
-    g_pollfds = calloc(g_watch_count, sizeof *g_pollfds);
-    if (!g_pollfds) {
-        watch_close();
-        return;
-    }
-    for (size_t i = 0; i < g_watch_capacity; i++)
-        if (g_watch[i].pid) {
-            g_pollfds[n].fd = g_watch[i].fd;
-            g_pollfds[n].events = POLLIN;
-            n++;
+    do {
+        n = epoll_wait(g_epoll, ready, (int)(sizeof ready / sizeof *ready), 0);
+        if (n < 0) {
+            watch_close(); /* cannot tell: follow them again from the next pass */
+            return;
         }
-    if (poll(g_pollfds, (nfds_t)n, 0) < 0)
-        for (size_t i = 0; i < n; i++)
-            g_pollfds[i].revents = POLLIN; /* cannot tell: look again the slow way */
+        progress = 0;
+        for (int i = 0; i < n; i++) {
+            struct watch *w = watch_slot(g_watch, g_watch_capacity, ready[i].data.u64);
+            if (w->pid && w->fd >= 0) {
+                close(w->fd); /* which also takes it out of the epoll set */
+                w->fd = -1;
+                dropped++;
+                progress = 1;
+            }
+        }
+    } while (n == (int)(sizeof ready / sizeof *ready) && progress);
+    for (size_t i = 0; i < g_watch_capacity; i++) {
+        struct watch *w = &g_watch[i];
+        if (w->pid && w->fd >= 0 && w->seen + 1 < g_generation) {
+            close(w->fd);
+            w->fd = -1;
+            dropped++;
+        }
+    }
+    if (!dropped)
+        return;
     while (capacity < 4 * g_watch_count)
         capacity *= 2;
     table = calloc(capacity, sizeof *table);
@@ -366,16 +383,10 @@ static void watch_new_generation(void)
         watch_close();
         return;
     }
-    n = 0;
     for (size_t i = 0; i < g_watch_capacity; i++) {
         struct watch *w = &g_watch[i];
-        if (!w->pid)
+        if (!w->pid || w->fd < 0)
             continue;
-        if ((g_pollfds[n++].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) ||
-            w->seen + 1 < g_generation) {
-            close(w->fd);
-            continue;
-        }
         *watch_slot(table, capacity, w->pid) = *w;
         kept++;
     }
@@ -413,13 +424,25 @@ static int watch_find(unsigned long long pid, unsigned long long *start)
     }
     /* the pidfd first, then the start: should the pid be reused in between, the pidfd
      * names the process that exited, and is dropped at the next pass */
-    fd = pid && pid <= INT_MAX ? (int)syscall(SYS_pidfd_open, (pid_t)pid, 0) : -1;
+    if (g_epoll < 0)
+        g_epoll = epoll_create1(EPOLL_CLOEXEC);
+    fd = pid && pid <= INT_MAX && g_epoll >= 0
+             ? (int)syscall(SYS_pidfd_open, (pid_t)pid, 0)
+             : -1;
     running = sim_read_process(pid, start);
     if (fd < 0)
         return running; /* no pidfds (old kernel, no descriptors left): the slow way */
     if (!running) {
         close(fd);
         return 0;
+    }
+    {
+        struct epoll_event event = {.events = EPOLLIN};
+        event.data.u64 = pid;
+        if (epoll_ctl(g_epoll, EPOLL_CTL_ADD, fd, &event) < 0) {
+            close(fd);
+            return running; /* not followed: the slow way next pass */
+        }
     }
     slot = watch_slot(g_watch, g_watch_capacity, pid);
     slot->pid = pid;
@@ -433,12 +456,10 @@ static int watch_find(unsigned long long pid, unsigned long long *start)
 static void watch_close(void)
 {
     for (size_t i = 0; i < g_watch_capacity; i++)
-        if (g_watch[i].pid)
+        if (g_watch[i].pid && g_watch[i].fd >= 0)
             close(g_watch[i].fd);
     free(g_watch);
-    free(g_pollfds);
     g_watch = NULL;
-    g_pollfds = NULL;
     g_watch_capacity = g_watch_count = 0;
 }
 

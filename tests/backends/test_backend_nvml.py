@@ -348,3 +348,69 @@ def test_a_device_count_no_machine_has_is_one_line(
     with pytest.raises(BackendError) as raised:
         backend.snapshot()
     assert "4294967295 GPUs reported" in str(raised.value) and "\n" not in str(raised.value)
+
+
+# -- what did not change is handed back as it was ---------------------------------------------
+
+
+def test_an_unchanged_machine_gives_back_the_very_same_snapshot(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)]), FakeGpu("GPU-b", compute=[(101, MI)])]
+    first = backend.snapshot()
+    assert backend.snapshot() is first
+
+
+def test_one_process_changing_rebuilds_only_its_device(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [
+        FakeGpu("GPU-a", compute=[(100, GI), (102, GI)]),
+        FakeGpu("GPU-b", compute=[(101, MI)]),
+    ]
+    first = backend.snapshot()
+    driver.gpus[0].compute = [(100, 2 * GI), (102, GI)]
+    second = backend.snapshot()
+    assert second is not first
+    assert [(p.pid, p.used_memory) for p in second.processes] == [
+        (100, 2 * GI),
+        (102, GI),
+        (101, MI),
+    ]
+    old = {p.pid: p for p in first.processes}
+    new = {p.pid: p for p in second.processes}
+    assert new[100] is not old[100]
+    assert new[102] is old[102] and new[101] is old[101]  # the same objects: unchanged
+    assert second.devices[1] is first.devices[1]
+
+
+def test_a_device_whose_memory_changed_is_a_new_device(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", used=GI)]
+    first = backend.snapshot()
+    driver.gpus[0].used = 2 * GI
+    second = backend.snapshot()
+    assert second is not first and second.devices[0].used_memory == 2 * GI
+
+
+def test_a_device_replaced_at_the_same_index_is_read_afresh(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)])]
+    backend.snapshot()
+    driver.gpus = [FakeGpu("GPU-b", compute=[(100, GI)])]
+    second = backend.snapshot()
+    assert [(p.pid, p.device_uuid) for p in second.processes] == [(100, "GPU-b")]
+    assert second.devices[0].uuid == "GPU-b"
+
+
+def test_a_snapshot_with_errors_is_never_reused(driver: FakeDriver, backend: NvmlBackend) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)]), FakeGpu("GPU-b", error=UNKNOWN)]
+    first = backend.snapshot()
+    assert first.partial
+    second = backend.snapshot()
+    assert second is not first and second.partial
+    driver.gpus[1].error = None
+    third = backend.snapshot()
+    assert not third.partial and len(third.devices) == 2

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -17,18 +20,21 @@ from genv.enforce.observe import Observer
 from genv.enforce.report import Reporter
 from genv.enforce.rules import RuleConfig
 from genv.store import Store
+from genv.system import procfs
+from genv.system.proc_events import ProcessEvents
 from genv.system.watch import ProcessWatcher
 
 from support import wait_environ
 
 
-@pytest.fixture
-def world(tmp_path):
+@pytest.fixture(params=["events", "per-cycle check"])
+def world(tmp_path, request):
     machine = tmp_path / "machine.json"
     children: list[subprocess.Popen] = []
 
-    def start(**env: str) -> subprocess.Popen:
-        child = subprocess.Popen(["sleep", "60"], env={**os.environ, **env})
+    def start(*argv: str, **env: str) -> subprocess.Popen:
+        child = subprocess.Popen(list(argv or ("sleep", "60")), env={**os.environ, **env},
+                                 stdin=subprocess.PIPE)
         children.append(child)
         wait_environ(child.pid)  # ready: the kernel shows its environment
         return child
@@ -38,10 +44,13 @@ def world(tmp_path):
                       [{"pid": p.pid, "device": d, "used_memory": "1gi"} for p, d in placements])
 
     watcher = ProcessWatcher()
-    store = Store(tmp_path / "state", alive=watcher.runs_as)
+    store = Store(tmp_path / "state", watcher=ProcessWatcher())
     out = io.StringIO()
+    events = ProcessEvents.open() if request.param == "events" else None
+    if request.param == "events" and events is None:
+        pytest.skip("no process events here (root, the initial namespaces)")
     enforcer = Enforcer(
-        Observer(FakeBackend(machine), store, watcher),
+        Observer(FakeBackend(machine), store, watcher, events),
         RuleConfig(non_env_processes=True),
         Terminator(grace=1),
         Detacher(store),
@@ -51,7 +60,7 @@ def world(tmp_path):
     for child in children:
         child.kill()
         child.wait()
-    watcher.close()
+    enforcer.close()
 
 
 def env_with_member(start, describe, store) -> subprocess.Popen:
@@ -173,3 +182,70 @@ def test_a_second_reporter_is_told_every_event_and_every_cycle(world):
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+def test_a_program_that_runs_another_loses_its_exemption_though_the_gpus_read_the_same(world):
+    """An exemption by program never outlives the program: exec keeps the pid and the start,
+    and the very same GPU reading, but not the program."""
+    start, describe, store, enforcer, out = world
+    shell = os.path.realpath(shutil.which("sh"))
+    enforcer.config = RuleConfig(non_env_processes=True, exempt_programs=frozenset({shell}))
+    exempt = start("sh", "-c", "read line; exec sleep 60")
+    wait_environ(exempt.pid)
+    describe((exempt, 0))
+    assert enforcer.cycle().empty
+    assert enforcer.cycle().empty  # and again, from what it kept
+    exempt.stdin.write(b"go\n")
+    exempt.stdin.flush()
+    wait_exe(exempt.pid, shell)
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [exempt.pid]
+    assert exempt.wait(timeout=5) == -15
+
+
+def test_a_root_process_that_gives_itself_away_is_no_longer_roots(world, linux_users):
+    start, describe, store, enforcer, out = world
+    enforcer.config = RuleConfig(non_env_processes=True, exempt_uids=frozenset({0}))
+    bob = linux_users.bob
+    process = start(sys.executable, "-c", f"import os, sys; sys.stdin.readline(); "
+                    f"os.setgid({bob.gid}); os.setuid({bob.uid}); sys.stdin.readline()")
+    wait_environ(process.pid)
+    describe((process, 0))
+    assert enforcer.cycle().empty
+    assert enforcer.cycle().empty
+    process.stdin.write(b"go\n")
+    process.stdin.flush()
+    deadline = time.monotonic() + 10
+    while procfs.real_uid(process.pid) != bob.uid:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [process.pid]
+    assert process.wait(timeout=5) == -15
+
+
+def test_one_process_changing_keeps_every_other_entry(world):
+    start, describe, store, enforcer, out = world
+    member = env_with_member(start, describe, store)
+    other = start(GENV_ENVIRONMENT_ID="e1")
+    wait_environ(other.pid)
+    describe((member, 0), (other, 0))
+    observer = enforcer.observer
+    observer.observe()
+    before = {p.pid: p for p in observer.observe()[0].processes}
+    assert observer.change is not None and not observer.change.added  # nothing new
+    describe((member, 0), (other, 0), (member, 1))  # the member now also on device 1
+    after = {p.pid: p for p in observer.observe()[0].processes}
+    assert after[other.pid] is before[other.pid]  # taken over as it was
+    assert after[member.pid] is not before[member.pid]
+    assert observer.change.removed == (before[member.pid],)
+    assert observer.change.added == (after[member.pid],)
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [member.pid]  # device 1: not attached
+
+
+def wait_exe(pid: int, before: str) -> None:
+    deadline = time.monotonic() + 10
+    while procfs.executable(pid) in (before, None):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

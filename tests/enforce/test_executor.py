@@ -185,4 +185,26 @@ def test_a_second_cycle_neither_signals_again_nor_restarts_the_grace():
         clock.now = 1005.0
         assert terminator.escalate_due() == [Kill(termination, Outcome.SIGNALLED, 5)]
         assert process.wait(timeout=5) == -signal.SIGKILL
+        assert terminator.in_progress(termination)  # until a look between cycles sees it gone
+        terminator.escalate_due()
         assert not terminator.in_progress(termination)
+
+
+def test_a_process_sent_sigkill_is_on_its_way_out_until_it_is_seen_gone(procs):
+    """A process dying in the driver may take seconds after SIGKILL: cycles in between
+    neither signal it again nor tell of it again; once gone, it is let go."""
+    stubborn = procs.start([sys.executable, "-c", IGNORES_SIGTERM], ready="ready")
+    clock = Clock()
+    terminator = Terminator(grace=1, clock=clock)
+    termination = termination_of(stubborn.pid, start_time(stubborn.pid))
+    assert terminator.terminate(termination) is Outcome.SIGNALLED
+    clock.now += 2
+    kills = terminator.escalate_due()
+    assert [kill.outcome for kill in kills] == [Outcome.SIGNALLED]
+    assert terminator.pending == 0
+    assert terminator.in_progress(termination)  # sent SIGKILL: still on its way out
+    assert terminator.terminate(termination) is Outcome.SIGNALLED  # and not signalled again
+    assert procs.wait_dead(stubborn, timeout=10)
+    terminator.escalate_due()  # between cycles: the dead are let go
+    assert not terminator.in_progress(termination)
+    terminator.close()

@@ -26,9 +26,13 @@ from genv.backends.nvml_binding import (
     ERROR_NOT_SUPPORTED,
     NvmlError,
     NvmlLibrary,
+    Record,
 )
 from genv.domain.models import Device, DeviceTelemetry, GpuProcess, GpuSnapshot
 from genv.system.procfs import valid_pid
+
+# A device as last read: the Device, the process lists it was read from, its processes.
+_DeviceReading = tuple[Device, tuple["list[Record] | None", ...], tuple[GpuProcess, ...]]
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
@@ -87,6 +91,11 @@ class NvmlBackend:
         self._retry_at = 0.0  # no nvmlInit before this, after one failed
         self._failure = ""  # why NVML is not open, for the lines said while waiting
         self._reopen_at: float | None = None  # a device was lost: open NVML again then
+        # What the last snapshot was made of, so that what did not change is handed back as
+        # the very same objects (a daemon on an unchanged machine builds nothing):
+        # per device index, its Device, the lists it was read from and its processes.
+        self._devices: dict[int, _DeviceReading] = {}
+        self._last: GpuSnapshot | None = None
 
     def snapshot(self, processes: bool = True) -> GpuSnapshot:
         """Every device NVML counts now; what fails goes to ``errors`` and makes it partial."""
@@ -114,12 +123,30 @@ class NvmlBackend:
                 self._schedule_reopen()
             elif not reading.partial:
                 self._backoff = 0.0
-            return GpuSnapshot(
-                tuple(reading.devices),
-                tuple(reading.processes),
-                tuple(reading.errors),
-                reading.partial,
-            )
+            return self._snapshot_of(reading, processes)
+
+    def _snapshot_of(self, reading: _Reading, processes: bool) -> GpuSnapshot:
+        """The snapshot of ``reading``: the previous one itself when it is made of the very
+        same devices and processes and nothing failed (an unchanged machine)."""
+        last = self._last
+        if (
+            processes
+            and last is not None
+            and not reading.errors
+            and not last.errors
+            and reading.same
+            and len(reading.devices) == len(last.devices)
+        ):
+            return last
+        snapshot = GpuSnapshot(
+            tuple(reading.devices),
+            tuple(reading.processes),
+            tuple(reading.errors),
+            reading.partial,
+        )
+        if processes:
+            self._last = snapshot
+        return snapshot
 
     def telemetry(self) -> tuple[DeviceTelemetry, ...]:
         """Temperature and utilization of every device that answers (see TelemetrySource).
@@ -181,25 +208,68 @@ class NvmlBackend:
         if total is None:
             reading.errors.append(f"device {index}: total memory not reported")
             total = 0
-        reading.devices.append(Device(index, uuid, name, total, used))
+        before = self._devices.get(index)
+        device = before[0] if before is not None else None
+        if device is None or (
+            device.uuid,
+            device.name,
+            device.total_memory,
+            device.used_memory,
+        ) != (
+            uuid,
+            name,
+            total,
+            used,
+        ):
+            device = Device(index, uuid, name, total, used)
+            reading.same = False
+        reading.devices.append(device)
         if processes:
-            self._read_processes(handle, index, uuid, reading)
+            self._read_processes(handle, device, before, reading)
 
     def _read_processes(
-        self, handle: ctypes.c_void_p, index: int, uuid: str, reading: _Reading
+        self,
+        handle: ctypes.c_void_p,
+        device: Device,
+        before: _DeviceReading | None,
+        reading: _Reading,
     ) -> None:
-        """Compute and MPS processes of one device, each pid once (with its known memory)."""
-        by_pid: dict[int, GpuProcess] = {}
+        """Compute and MPS processes of one device, each pid once (with its known memory).
+
+        Lists the driver answered exactly as before (the binding hands back the very same
+        list objects) give the device's previous processes, as they were."""
+        index, uuid = device.index, device.uuid
+        lists: list[list[Record] | None] = []
+        errors = len(reading.errors)
         for kind, label in (("Compute", "compute"), ("MPSCompute", "MPS")):
             try:
-                records = self._library.processes(handle, kind, uuid)
+                lists.append(self._library.processes(handle, kind, uuid))
             except NvmlError as error:
+                lists.append(None)
                 if kind == "MPSCompute" and error.code in (
                     ERROR_NOT_SUPPORTED,
                     ERROR_FUNCTION_NOT_FOUND,
                 ):
                     continue  # no MPS here: nothing is missing
                 reading.failed(f"device {index}: cannot list {label} processes: {error}", error)
+        answered = tuple(lists)
+        if (
+            before is not None
+            and before[0] is device
+            and len(reading.errors) == errors
+            and all(a is b for a, b in zip(answered, before[1], strict=True))
+        ):
+            reading.processes.extend(before[2])
+            return
+        reading.same = False
+        old = (
+            {(p.pid, p.used_memory): p for p in before[2]}
+            if before is not None and before[0].uuid == uuid
+            else {}
+        )
+        by_pid: dict[int, GpuProcess] = {}
+        for records in lists:
+            if records is None:
                 continue
             for pid, used in records:
                 if not valid_pid(pid):
@@ -208,8 +278,14 @@ class NvmlBackend:
                 previous = by_pid.get(pid)
                 if previous is not None and (used is None or previous.used_memory is not None):
                     continue
-                by_pid[pid] = GpuProcess(pid, index, uuid, used)
-        reading.processes.extend(by_pid.values())
+                kept = old.get((pid, used))
+                by_pid[pid] = kept if kept is not None else GpuProcess(pid, index, uuid, used)
+        found = tuple(by_pid.values())
+        reading.processes.extend(found)
+        if len(reading.errors) == errors:
+            self._devices[index] = (device, answered, found)
+        else:
+            self._devices.pop(index, None)
 
     # -- opening, losing and reopening NVML --------------------------------------------------
 
@@ -256,6 +332,8 @@ class NvmlBackend:
             return
         self._open = False
         self._names.clear()
+        self._devices.clear()
+        self._last = None
         self._library.forget()
         with contextlib.suppress(NvmlError):  # the driver is gone already: nothing to release
             self._library.shutdown()
@@ -277,6 +355,7 @@ class _Reading:
         self.errors: list[str] = []
         self.partial = False
         self.lost = False
+        self.same = True  # every device and process list as in the previous snapshot
 
     def failed(self, line: str, error: NvmlError | None = None) -> None:
         """Something could not be read: what it would have shown is unknown."""

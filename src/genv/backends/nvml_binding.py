@@ -173,6 +173,11 @@ PROCESS_LISTS: dict[str, tuple[tuple[str, type[ctypes.Structure]], ...]] = {
 
 Record = tuple[int, int | None]  # (pid, used bytes or None when not available)
 
+_COUNT = ("nvmlDeviceGetCount_v2", "nvmlDeviceGetCount")
+_HANDLE = ("nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex")
+_MEMORY = ("nvmlDeviceGetMemoryInfo",)
+_TEXT_SIZE = ctypes.c_uint(_TEXT_BUFFER)
+
 
 class NvmlLibrary:
     """The driver calls genv makes, each a C function found through pynvml's lookup.
@@ -184,7 +189,17 @@ class NvmlLibrary:
         self._functions: dict[str, Callable[..., int]] = {}
         self._chosen: dict[tuple[str, ...], tuple[str, Callable[..., int]]] = {}
         self._lists: dict[str, tuple[str, Callable[..., int], type[ctypes.Structure]]] = {}
-        self._capacity: dict[tuple[str, str], int] = {}
+        # What each call fills in, made once (calls are made under the backend's lock).
+        self._count = ctypes.c_uint(0)
+        self._count_ref = ctypes.byref(self._count)
+        self._text_buffer = ctypes.create_string_buffer(_TEXT_BUFFER + 1)
+        self._memory = _Memory()
+        self._memory_ref = ctypes.byref(self._memory)
+        # Per list and device: (capacity, buffer, count), sized from the last answer.
+        self._buffers: dict[tuple[str, str], tuple[int, Any, ctypes.c_uint]] = {}
+        # The last answer of each list, raw and unpacked: an unchanged answer (the usual
+        # one) is compared as bytes and handed back as the same list, unpacked once.
+        self._last: dict[tuple[str, str], tuple[bytes, list[Record]]] = {}
 
     # -- finding functions ---------------------------------------------------------------
 
@@ -244,19 +259,20 @@ class NvmlLibrary:
         """Drop what was learnt about the driver (versions, buffer sizes): it may be new."""
         self._chosen.clear()
         self._lists.clear()
-        self._capacity.clear()
+        self._buffers.clear()
+        self._last.clear()
 
     def device_count(self) -> int:
-        count = ctypes.c_uint(0)
-        self._call(("nvmlDeviceGetCount_v2", "nvmlDeviceGetCount"), ctypes.byref(count))
+        count = self._count
+        count.value = 0
+        self._call(_COUNT, self._count_ref)
         if count.value > MAX_DEVICES:
             raise NvmlError(None, "nvmlDeviceGetCount", f"{count.value} GPUs reported")
         return count.value
 
     def device_handle(self, index: int) -> ctypes.c_void_p:
         handle = ctypes.c_void_p()
-        names = ("nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex")
-        self._call(names, ctypes.c_uint(index), ctypes.byref(handle))
+        self._call(_HANDLE, ctypes.c_uint(index), ctypes.byref(handle))
         return handle
 
     def uuid(self, handle: ctypes.c_void_p) -> str:
@@ -266,14 +282,16 @@ class NvmlLibrary:
         return self._text("nvmlDeviceGetName", handle)
 
     def _text(self, name: str, handle: ctypes.c_void_p) -> str:
-        buffer = ctypes.create_string_buffer(_TEXT_BUFFER + 1)  # a NUL even if NVML fills 96
-        self._call((name,), handle, buffer, ctypes.c_uint(_TEXT_BUFFER))
+        buffer = self._text_buffer  # one more byte than NVML is given: a NUL even if it fills 96
+        ctypes.memset(buffer, 0, _TEXT_BUFFER + 1)
+        self._call((name,), handle, buffer, _TEXT_SIZE)
         return buffer.value.decode("utf-8", errors="replace")
 
     def memory(self, handle: ctypes.c_void_p) -> tuple[int | None, int | None]:
         """(total, used) bytes of the framebuffer; None where NVML says "not available"."""
-        memory = _Memory()
-        self._call(("nvmlDeviceGetMemoryInfo",), handle, ctypes.byref(memory))
+        memory = self._memory
+        memory.total = memory.used = NOT_AVAILABLE
+        self._call(_MEMORY, handle, self._memory_ref)
         return _available(memory.total), _available(memory.used)
 
     def temperature(self, handle: ctypes.c_void_p) -> int | None:
@@ -291,18 +309,41 @@ class NvmlLibrary:
 
     def processes(self, handle: ctypes.c_void_p, kind: str, device: str) -> list[Record]:
         """The ``Compute`` or ``MPSCompute`` processes of a device (``device``: its uuid, the
-        key under which the buffer size is remembered), garbage dropped."""
+        key under which the buffer is kept), garbage dropped.
+
+        When the driver's answer is byte for byte the previous one for this device, the very
+        list returned then is returned again (callers can tell by identity that nothing
+        changed, and must not change it)."""
         name, function, record = self._list(kind)
         key = (kind, device)
-        capacity = self._capacity.get(key, 0)
+        kept = self._buffers.get(key)
+        capacity = kept[0] if kept is not None else 0
         for _ in range(_ATTEMPTS):
-            count = ctypes.c_uint(capacity)
-            buffer = (record * capacity)() if capacity else None
-            code = function(handle, ctypes.byref(count), buffer)
+            if kept is None or kept[0] != capacity:
+                kept = (capacity, (record * capacity)() if capacity else None, ctypes.c_uint())
+            count = kept[2]
+            count.value = capacity
+            code = function(handle, ctypes.byref(count), kept[1])
             if code == SUCCESS:
                 found = min(count.value, capacity)
-                self._capacity[key] = min(found + found // 4 + 8, MAX_RECORDS) if found else 0
-                return _records(buffer, found, record) if found and buffer is not None else []
+                answered = kept[1]
+                data = (
+                    ctypes.string_at(answered, found * _UNPACK[record].size)
+                    if found and answered is not None
+                    else b""
+                )
+                # Room for processes that start before the next call, sized from this
+                # answer; the buffer is kept while it stays that size.
+                wanted = min(found + found // 4 + 8, MAX_RECORDS) if found else 0
+                if wanted != capacity:
+                    kept = (wanted, (record * wanted)() if wanted else None, ctypes.c_uint())
+                self._buffers[key] = kept
+                if not found:
+                    return self._remember(key, b"", [])
+                last = self._last.get(key)
+                if last is not None and last[0] == data:
+                    return last[1]
+                return self._remember(key, data, _records(data, record))
             if code != ERROR_INSUFFICIENT_SIZE:
                 raise NvmlError(int(code), name)
             wanted = count.value
@@ -311,6 +352,13 @@ class NvmlLibrary:
             # Room for processes that start before the next call.
             capacity = min(max(wanted, capacity) + max(wanted, capacity) // 4 + 8, MAX_RECORDS)
         raise NvmlError(ERROR_INSUFFICIENT_SIZE, name, "the list kept growing")
+
+    def _remember(self, key: tuple[str, str], data: bytes, records: list[Record]) -> list[Record]:
+        last = self._last.get(key)
+        if last is not None and last[0] == data:
+            return last[1]
+        self._last[key] = (data, records)
+        return records
 
     def _list(self, kind: str) -> tuple[str, Callable[..., int], type[ctypes.Structure]]:
         """The version of ``kind``'s process list this library has, found once."""
@@ -332,11 +380,9 @@ def _available(value: int) -> int | None:
     return None if value >= NOT_AVAILABLE else int(value)
 
 
-def _records(buffer: Any, found: int, record: type[ctypes.Structure]) -> list[Record]:
-    layout = _UNPACK[record]
-    data = ctypes.string_at(buffer, found * layout.size)
+def _records(data: bytes, record: type[ctypes.Structure]) -> list[Record]:
     return [
         (fields[0], None if fields[1] >= NOT_AVAILABLE else fields[1])
-        for fields in layout.iter_unpack(data)
+        for fields in _UNPACK[record].iter_unpack(data)
         if fields[0] not in GARBAGE_PIDS
     ]

@@ -198,6 +198,7 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
+    from genv.system.proc_events import ProcessEvents
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
     common.log_as_daemon("genv enforce", args.log_level)
@@ -224,10 +225,13 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
         raise_open_file_limit()
         watcher = ProcessWatcher()
         # The registered processes have a watcher of their own: the store asks about them
-        # only when something changed, the observer about GPU processes every cycle.
+        # only when something changed, the observer follows the GPU processes.
         store = Store(watcher=ProcessWatcher())
+        # The kernel's word of every exec and uid change (root only; else each cycle looks).
+        events = ProcessEvents.open()
     else:
         watcher = None  # one cycle: nothing to follow from one cycle to the next
+        events = None
         store = Store()
     lock = None
     if daemon and not args.dry_run:
@@ -235,7 +239,7 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     metrics_server = None
     try:
         enforcer = Enforcer(
-            Observer(open_backend(), store, watcher),
+            Observer(open_backend(), store, watcher, events),
             config,
             Terminator(args.grace, dry_run=args.dry_run),
             Detacher(store, dry_run=args.dry_run),

@@ -14,18 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from genv.backends.base import BackendError
 from genv.domain.models import Attachment, GpuSnapshot
-from genv.domain.observation import Membership, Observation
+from genv.domain.observation import Membership, Observation, ObservedProcess
 from genv.enforce.executor import Detacher, Outcome, Terminator, describe
 from genv.enforce.findings import Finding
 from genv.enforce.observe import Observer
-from genv.enforce.plan import Plan, combine
+from genv.enforce.plan import Plan
 from genv.enforce.report import CycleReport, ProblemLog, Reporters, Sink
-from genv.enforce.rules import RuleConfig, survey
+from genv.enforce.rules import RuleConfig
 from genv.enforce.signals import Interrupted, Stopper
+from genv.enforce.survey_cache import SurveyCache
 from genv.store import State, StateError, StoreError
 
 log = logging.getLogger("genv.enforce")
@@ -67,6 +68,8 @@ class Enforcer:
         self.dry_run = terminator.dry_run
         self.problems = ProblemLog()
         self._memo: _Memo | None = None
+        self._survey: SurveyCache | None = None
+        self._missing: tuple[object, dict[str, str]] | None = None
         self._retrying: set[_DetachKey] = set()  # detachments that failed: tried again, quietly
 
     def add_reporter(self, sink: Sink) -> None:
@@ -137,10 +140,14 @@ class Enforcer:
                 self.observer.store.publish_holdings(state)
             except StoreError as error:
                 problems["holdings"] = f"cannot say which devices users hold: {error}"
+        survey = self._survey
+        if survey is None or survey.config is not self.config:
+            survey = self._survey = SurveyCache(self.config)
+        survey.update(snapshot, getattr(self.observer, "change", None))
         memo = self._memo_for(snapshot, gpus, state)
         reused = memo.plan is not None
         if memo.problems is None:
-            memo.problems = _problems_of(snapshot, state, gpus.errors)
+            memo.problems = self._problems_of(snapshot, state, gpus.errors, survey)
         problems.update(memo.problems)
         if gpus.partial:
             problems["gpus"] = (
@@ -149,7 +156,7 @@ class Enforcer:
             )
             return None, "partial", reused
         if memo.plan is None:
-            memo.plan = combine(survey(snapshot, self.config))
+            memo.plan = survey.plan()
         self.execute(memo.plan, snapshot.attachments, problems)
         return memo.plan, None, reused
 
@@ -162,6 +169,25 @@ class Enforcer:
         if self._memo is None or not all(a is b for a, b in zip(key, self._memo.key, strict=True)):
             self._memo = _Memo(key)
         return self._memo
+
+    def _problems_of(
+        self, snapshot: Observation, state: State, gpu_errors: tuple[str, ...], survey: SurveyCache
+    ) -> dict[str, str]:
+        return _problems_of(
+            snapshot, state, gpu_errors, survey.unknown(), self._missing_devices(snapshot)
+        )
+
+    def _missing_devices(self, snapshot: Observation) -> dict[str, str]:
+        """Attachments to devices that are not present, worked out again only when the
+        attachments or the devices present change."""
+        present = frozenset(device.index for device in snapshot.devices)
+        key = (snapshot.attachments, present)
+        cached = self._missing
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        missing = _missing_devices(snapshot, present)
+        self._missing = (key, missing)
+        return missing
 
     def execute(
         self,
@@ -301,26 +327,42 @@ class Enforcer:
         watcher = getattr(self.observer, "watcher", None)
         if watcher is not None:
             watcher.close()
+        events = getattr(self.observer, "events", None)
+        if events is not None:
+            events.close()
 
 
 def _problems_of(
-    snapshot: Observation, state: State, gpu_errors: tuple[str, ...]
+    snapshot: Observation,
+    state: State,
+    gpu_errors: tuple[str, ...],
+    unknown: Iterable[ObservedProcess] | None = None,
+    missing: dict[str, str] | None = None,
 ) -> dict[str, str]:
+    """Lasting problems a cycle saw; ``unknown`` (the processes whose environment could not
+    be told) and ``missing`` (see _missing_devices) when the caller worked them out."""
     problems = {f"state:{p.path}": p.line() for p in state.problems}
     for error in gpu_errors:
         problems[f"gpu:{error}"] = f"GPU: {error}"
-    present = {device.index for device in snapshot.devices}
-    for attachment in snapshot.attachments:
-        if attachment.device_index not in present:
-            problems[f"device:{attachment.device_index}:{attachment.eid}"] = (
-                f"environment {attachment.eid} is attached to device "
-                f"{attachment.device_index}, which is not present now"
-            )
-    for process in snapshot.processes:
-        if process.membership is Membership.UNKNOWN:
-            who = process.facts.username or "another user"
-            hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
-            problems[f"unknown:{process.pid}:{process.facts.start}"] = (
-                f"process {process.pid} of {who} is left alone: {process.note}{hint}"
-            )
+    if missing is None:
+        missing = _missing_devices(snapshot, frozenset(d.index for d in snapshot.devices))
+    problems.update(missing)
+    if unknown is None:
+        unknown = (p for p in snapshot.processes if p.membership is Membership.UNKNOWN)
+    for process in unknown:
+        who = process.facts.username or "another user"
+        hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
+        problems[f"unknown:{process.pid}:{process.facts.start}"] = (
+            f"process {process.pid} of {who} is left alone: {process.note}{hint}"
+        )
     return problems
+
+
+def _missing_devices(snapshot: Observation, present: frozenset[int]) -> dict[str, str]:
+    return {
+        f"device:{a.device_index}:{a.eid}": (
+            f"environment {a.eid} is attached to device {a.device_index}, which is not present now"
+        )
+        for a in snapshot.attachments
+        if a.device_index not in present
+    }

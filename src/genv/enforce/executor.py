@@ -81,6 +81,9 @@ class Terminator:
         self.dry_run = dry_run
         self.clock = clock
         self._pending: dict[tuple[int, int], _Pending] = {}
+        # Sent SIGKILL, not seen gone yet (a process dying in the driver may take seconds):
+        # still on its way out, so it is neither signalled nor told of again.
+        self._killed: dict[tuple[int, int], int | None] = {}
         self._by_fd: dict[int, tuple[int, int]] = {}
         self._epoll: select.epoll | None = None
         self._use_pidfd = _pidfd_supported()
@@ -99,7 +102,7 @@ class Terminator:
         if self.dry_run:
             return Outcome.DRY_RUN
         key = (facts.pid, facts.start)
-        if key in self._pending:
+        if key in self._pending or key in self._killed:
             return Outcome.SIGNALLED  # already on its way out; SIGKILL follows on time
         opened = self._open(facts.pid, facts.start)
         if isinstance(opened, Outcome):
@@ -160,9 +163,29 @@ class Terminator:
         return Outcome.SIGNALLED
 
     def in_progress(self, termination: Termination) -> bool:
-        """Whether this very process was signalled and its grace is not over yet."""
+        """Whether this very process was signalled and is on its way out: in its grace, or
+        sent SIGKILL and not gone yet."""
         facts = termination.process.facts
-        return facts.start is not None and (facts.pid, facts.start) in self._pending
+        if facts.start is None:
+            return False
+        key = (facts.pid, facts.start)
+        return key in self._pending or key in self._killed
+
+    def _dying(self, key: tuple[int, int]) -> bool:
+        """Whether ``key``, sent SIGKILL, has not exited yet; let go of once it has. Looked
+        at between cycles (escalate_due), so that a cycle which saw it before it died still
+        counts it as on its way out."""
+        handle = self._killed[key]
+        if handle is not None:
+            poller = select.poll()
+            poller.register(handle, select.POLLIN)
+            gone = bool(poller.poll(0))
+        else:
+            gone = procfs.start_of(key[0]) != key[1]
+        if gone:
+            del self._killed[key]
+            self._close(handle)
+        return not gone
 
     # -- the processes in their grace ----------------------------------------------------
 
@@ -181,14 +204,19 @@ class Terminator:
             return
         self._by_fd[pending.handle] = key
 
-    def _forget(self, key: tuple[int, int]) -> None:
+    def _forget(self, key: tuple[int, int], killed: bool = False) -> None:
+        """Done with the grace of ``key``; when it was just ``killed``, its exit is still
+        waited for (see _dying), through its pidfd when it has one."""
         pending = self._pending.pop(key)
         if pending.handle is not None:
             self._by_fd.pop(pending.handle, None)
             if self._epoll is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(pending.handle)
-            self._close(pending.handle)
+            if not killed:
+                self._close(pending.handle)
+        if killed:
+            self._killed[key] = pending.handle
 
     def fileno(self) -> int | None:
         """A descriptor that becomes readable when a process in its grace exits (None when
@@ -229,6 +257,8 @@ class Terminator:
         """SIGKILL every process whose grace is over (every one with ``now_all``: the daemon
         is stopping); forget those that exited. A failure is that one's outcome."""
         now = self.clock()
+        for key in list(self._killed):  # killed before: let go of those that are gone
+            self._dying(key)
         gone = self._exited()
         kills = []
         for key, pending in list(self._pending.items()):
@@ -251,7 +281,7 @@ class Terminator:
                     error,
                 )
             )
-            self._forget(key)
+            self._forget(key, killed=outcome is Outcome.SIGNALLED)
         return kills
 
     def wait(self, timeout: float) -> None:
@@ -280,6 +310,9 @@ class Terminator:
     def close(self) -> None:
         for key in list(self._pending):
             self._forget(key)
+        for handle in self._killed.values():
+            self._close(handle)
+        self._killed.clear()
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None

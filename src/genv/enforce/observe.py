@@ -1,106 +1,243 @@
 """Gathering one cycle's observation: GPUs from the backend, environments from the store, and
-the facts of every GPU process."""
+the facts of every GPU process; in a daemon, only what changed since the last cycle."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from genv.backends.base import GpuBackend
-from genv.domain.models import Environment, GpuSnapshot
-from genv.domain.observation import Observation, ObservedProcess, Usage, index_by_eid, resolve
+from genv.domain.models import Environment, GpuProcess, GpuSnapshot
+from genv.domain.observation import (
+    Observation,
+    ObservedProcess,
+    Usage,
+    index_by_eid,
+    resolve,
+)
 from genv.store import State, Store
 from genv.system import users
+from genv.system.proc_events import ProcessEvents
 from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher
+
+_DEVICE = attrgetter("device_index")
+
+
+@dataclass(frozen=True)
+class Change:
+    """How an observation differs from ``previous``: the same state (environments and
+    attachments), and its processes are those of ``previous`` without ``removed``, with
+    ``added`` (a process whose usage or facts changed is in both)."""
+
+    previous: Observation
+    removed: tuple[ObservedProcess, ...]
+    added: tuple[ObservedProcess, ...]
 
 
 class Observer:
     """Takes the snapshots of a long-running enforcer.
 
-    One ProcessWatcher serves both the store (are registered processes alive?) and the
-    inspector (is this still the process we read?), so a cycle in which nothing changed reads
-    nothing from /proc.
+    With a ProcessWatcher (pidfds: which GPU processes exited) and, where the kernel tells,
+    ProcessEvents (which ran another program or changed uid), a cycle reads from /proc only
+    the processes that are new or changed, and works out again only their entries: the GPU
+    backend hands back unchanged readings as the very same objects, so that what differs is
+    found by identity. ``change`` tells the caller how the last observation differs from the
+    one before (None: start over).
     """
 
     def __init__(
-        self, backend: GpuBackend, store: Store, watcher: ProcessWatcher | None = None
+        self,
+        backend: GpuBackend,
+        store: Store,
+        watcher: ProcessWatcher | None = None,
+        events: ProcessEvents | None = None,
     ) -> None:
-        """``watcher`` pays off from the second cycle on; a one-shot run goes without."""
+        """``watcher`` and ``events`` pay off from the second cycle on; a one-shot run goes
+        without."""
         self.backend = backend
         self.store = store
         self.watcher = watcher
-        self.inspector = ProcessInspector(watcher)
+        self.events = events
+        self.inspector = ProcessInspector(watcher, events)
+        self.change: Change | None = None
         self._last: tuple[Observation, GpuSnapshot, State] | None = None
+        self._gpu: dict[int, GpuProcess] = {}  # id -> the GpuProcess objects last read
+        self._gpu_processes: tuple[GpuProcess, ...] = ()  # and the tuple they came in
+        self._usage: dict[int, list[GpuProcess]] = {}  # pid -> its entries, one per device
+        self._observed: dict[int, ObservedProcess] = {}
+        self._position: dict[int, int] = {}  # pid -> its place in the last observation
+        self._volatile: set[int] = set()  # on a GPU, facts not kept: looked at every cycle
+        self._environments: tuple[Environment, ...] = ()
+        self._by_eid: dict[str, list[Environment]] = {}
 
     def observe(self) -> tuple[Observation, GpuSnapshot, State]:
         """The snapshot of this cycle, with the GPU reading and the state it was built from.
 
-        When the GPUs and the state read the same as last cycle and every GPU process is still
-        the very process read then, the snapshot would be built again identical: the objects
-        of last cycle are returned instead (the same objects, so that callers can tell).
+        When the GPUs and the state read the same as last cycle and no GPU process exited,
+        ran another program or changed uid, the snapshot would be built again identical: the
+        objects of last cycle are returned instead (the same objects, so that callers can
+        tell).
         """
-        if self.watcher is not None:
-            self.watcher.refresh()
+        stale = self.inspector.begin()
         gpus = self.backend.snapshot(processes=True)
         state = self.store.read()
         last = self._last
-        same_state = last is not None and state == last[2]
-        if last is not None and same_state:
+        if last is not None and state is not last[2] and state == last[2]:
             state = last[2]  # equal: keep one object, so that callers can tell
-            if gpus == last[1] and self._all_known(gpus):
-                return last
-        reuse = last[0] if last is not None and same_state else None
-        self._last = (build_observation(gpus, state, self.inspector, reuse), gpus, state)
+        if last is None or state is not last[2]:
+            self.change = None
+            self._last = (self._rebuild(gpus, state), gpus, state)
+            return self._last
+        if gpus is last[1] and not stale and not self._volatile:
+            self.change = Change(last[0], (), ())
+            return last
+        observation, change = self._update(gpus, state, stale, last[0])
+        self.change = change
+        self._last = (observation, gpus, state)
         return self._last
 
-    def _all_known(self, gpus: GpuSnapshot) -> bool:
-        """Whether every GPU process is still the very process read before (asking about
-        each of them, so that the watcher keeps them all)."""
-        known = self.inspector.still_known
-        return all([known(process.pid) for process in gpus.processes])
+    # -- from scratch ----------------------------------------------------------------------
+
+    def _rebuild(self, gpus: GpuSnapshot, state: State) -> Observation:
+        self._environments = owned_by_name(state.environments)
+        self._by_eid = index_by_eid(self._environments)
+        self._gpu = dict(zip(map(id, gpus.processes), gpus.processes, strict=True))
+        self._gpu_processes = gpus.processes
+        usage: dict[int, list[GpuProcess]] = {}
+        for process in gpus.processes:
+            usage.setdefault(process.pid, []).append(process)
+        self.inspector.retain(set(usage))
+        self._usage = usage
+        self._observed = {}
+        self._volatile = set()
+        for pid in sorted(usage):
+            found = self._observe(pid, state, None)
+            if found is not None:
+                self._observed[pid] = found
+        return self._snapshot(gpus, state, None)
+
+    # -- what changed ----------------------------------------------------------------------
+
+    def _update(
+        self, gpus: GpuSnapshot, state: State, stale: set[int], previous: Observation
+    ) -> tuple[Observation, Change]:
+        affected = stale | self._volatile
+        if gpus.processes is not self._gpu_processes:
+            current = dict(zip(map(id, gpus.processes), gpus.processes, strict=True))
+            before = self._gpu
+            for key in before.keys() - current.keys():
+                gone = before[key]
+                entries = self._usage.get(gone.pid)
+                if entries is not None:
+                    _remove(entries, gone)
+                    if not entries:
+                        del self._usage[gone.pid]
+                affected.add(gone.pid)
+            for key in current.keys() - before.keys():
+                new = current[key]
+                self._usage.setdefault(new.pid, []).append(new)
+                affected.add(new.pid)
+            self._gpu = current
+            self._gpu_processes = gpus.processes
+        removed: list[ObservedProcess] = []
+        added: list[ObservedProcess] = []
+        reordered = False
+        for pid in affected:
+            old = self._observed.get(pid)
+            if pid in self._usage:
+                found = self._observe(pid, state, old)
+            else:  # on no GPU any more
+                found = None
+                self.inspector.forget(pid)
+                self._volatile.discard(pid)
+            if found is old:
+                continue
+            if old is not None:
+                removed.append(old)
+                del self._observed[pid]
+            if found is not None:
+                added.append(found)
+                self._observed[pid] = found
+            reordered = reordered or old is None or found is None
+        if not removed and not added and gpus.devices == previous.devices:
+            return previous, Change(previous, (), ())
+        if reordered:
+            observation = self._snapshot(gpus, state, None)
+        else:
+            processes = list(previous.processes)
+            for process in added:
+                processes[self._position[process.pid]] = process
+            observation = self._snapshot(gpus, state, tuple(processes))
+        return observation, Change(previous, tuple(removed), tuple(added))
+
+    def _observe(
+        self, pid: int, state: State, old: ObservedProcess | None
+    ) -> ObservedProcess | None:
+        """The entry of ``pid`` (on a GPU now), or None when it is gone; ``old`` when it would
+        be built again the same."""
+        inspector = self.inspector
+        facts = inspector.facts(pid)
+        if facts is None or not inspector.known(pid):
+            self._volatile.add(pid)  # read again next cycle
+            if facts is None:
+                return None
+        else:
+            self._volatile.discard(pid)
+        usage = tuple(
+            Usage(p.device_index, p.used_memory) for p in sorted(self._usage[pid], key=_DEVICE)
+        )
+        if old is not None and old.facts is facts and old.usage == usage:
+            return old
+        membership, env, note = resolve(
+            facts, self._by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids
+        )
+        return ObservedProcess(facts, usage, membership, env, note)
+
+    def _snapshot(
+        self, gpus: GpuSnapshot, state: State, processes: tuple[ObservedProcess, ...] | None
+    ) -> Observation:
+        if processes is None:
+            pids = sorted(self._observed)
+            processes = tuple(map(self._observed.__getitem__, pids))
+            self._position = dict(zip(pids, range(len(pids)), strict=True))
+        return Observation(
+            devices=gpus.devices,
+            processes=processes,
+            environments=self._environments,
+            attachments=state.attachments,
+            unusable_uids=state.unusable_uids,
+        )
+
+
+def _remove(entries: list[GpuProcess], gone: GpuProcess) -> None:
+    for index, entry in enumerate(entries):
+        if entry is gone:
+            del entries[index]
+            return
 
 
 def build_observation(
-    gpus: GpuSnapshot,
-    state: State,
-    inspector: ProcessInspector,
-    reuse: Observation | None = None,
+    gpus: GpuSnapshot, state: State, inspector: ProcessInspector | None = None
 ) -> Observation:
-    """The snapshot of ``gpus`` and ``state``.
-
-    ``reuse`` is a snapshot built before from a state equal to ``state``: a process whose
-    facts are the very ones read then and whose usage is the same resolves the same way, so
-    its entry is taken over as it is (on a machine where a few things change per cycle, most
-    of the work of a cycle).
-    """
-    usage: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
+    """The snapshot of ``gpus`` and ``state``, from scratch (one-shot callers)."""
+    environments = owned_by_name(state.environments)
+    by_eid = index_by_eid(environments)
+    usage: dict[int, list[GpuProcess]] = {}
     for process in gpus.processes:
-        usage[process.pid].append((process.device_index, process.used_memory))
-    if reuse is not None:
-        environments = reuse.environments
-        before = {process.pid: process for process in reuse.processes}
-    else:
-        environments = owned_by_name(state.environments)
-        before = {}
-    by_eid: dict[str, list[Environment]] | None = None
+        usage.setdefault(process.pid, []).append(process)
+    inspector = inspector or ProcessInspector()
     observed = []
-    for pid, items in sorted(usage.items()):
+    for pid in sorted(usage):
         facts = inspector.facts(pid)
         if facts is None:
             continue  # exited since the GPU was read
-        old = before.get(pid)
-        if old is not None and old.facts is facts and _same_usage(old.usage, items):
-            observed.append(old)
-            continue
-        if by_eid is None:
-            by_eid = index_by_eid(environments)
         membership, env, note = resolve(
             facts, by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids
         )
-        used = tuple(Usage(index, memory) for index, memory in items)
+        used = tuple(Usage(p.device_index, p.used_memory) for p in sorted(usage[pid], key=_DEVICE))
         observed.append(ObservedProcess(facts, used, membership, env, note))
-    inspector.retain(set(usage))
     return Observation(
         devices=gpus.devices,
         processes=tuple(observed),
@@ -110,14 +247,7 @@ def build_observation(
     )
 
 
-def _same_usage(usage: tuple[Usage, ...], items: list[tuple[int, int | None]]) -> bool:
-    return len(usage) == len(items) and all(
-        u.device_index == index and u.used_memory == memory
-        for u, (index, memory) in zip(usage, items, strict=True)
-    )
-
-
-def owned_by_name(environments: tuple[Environment, ...]) -> tuple[Environment, ...]:
+def owned_by_name(environments: Iterable[Environment]) -> tuple[Environment, ...]:
     """The environments with their owner's name as the system knows it.
 
     The name in a record is whatever its owner wrote (``genv envs activate --username``); the

@@ -13,7 +13,6 @@ from genv.metrics.source import HostSample
 from genv.metrics.usage import HostUsage, build_usage
 from genv.store import Store
 from genv.system import users
-from genv.system.kernels import KernelTracker
 from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
@@ -25,19 +24,13 @@ class LocalSource:
         raise_open_file_limit()  # the watcher holds one descriptor per process
         self.watcher = ProcessWatcher()
         self.backend = backend if backend is not None else open_backend()
-        self.store = (
-            store
-            if store is not None
-            else Store(
-                alive=self.watcher.runs_as,
-                kernels_alive=KernelTracker(self.watcher.is_running),
-            )
-        )
+        # The registered processes have a watcher of their own (see genv enforce).
+        self.store = store if store is not None else Store(watcher=ProcessWatcher())
         self.inspector = ProcessInspector(self.watcher)
 
     def read(self) -> HostUsage:
         """This machine now. Raises BackendError or StoreError when it cannot be read."""
-        self.watcher.refresh()
+        self.inspector.begin()
         gpus = self.backend.snapshot(processes=True)
         telemetry = self.backend.telemetry() if isinstance(self.backend, TelemetrySource) else ()
         state = self.store.read()

@@ -62,17 +62,19 @@ class HostAgent:
     def __init__(self, grace: float = 10.0, dry_run: bool = False, long_lived: bool = True):
         from genv.backends import open_backend
         from genv.store import Store
-        from genv.system.kernels import KernelTracker
+        from genv.system.proc_events import ProcessEvents
         from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
-        if long_lived:
+        events = None
+        watcher: ProcessWatcher | None = None
+        if long_lived:  # as genv enforce: the GPU processes followed, the store's own watcher
             raise_open_file_limit()
-            watcher: ProcessWatcher | None = ProcessWatcher()
-            assert watcher is not None
-            store = Store(alive=watcher.runs_as, kernels_alive=KernelTracker(watcher.is_running))
+            watcher = ProcessWatcher()
+            store = Store(watcher=ProcessWatcher())
+            events = ProcessEvents.open()
         else:
-            watcher, store = None, Store()
-        self.observer = Observer(open_backend(), store, watcher)
+            store = Store()
+        self.observer = Observer(open_backend(), store, watcher, events)
         self.dry_run = dry_run
         self.terminator = Terminator(grace, dry_run=dry_run)
         self.detacher = Detacher(store, dry_run=dry_run)
@@ -165,6 +167,8 @@ class HostAgent:
 
     def close(self) -> None:
         self.terminator.close()
+        if self.observer.events is not None:
+            self.observer.events.close()
 
     # -- as the long-lived agent (serve) ---------------------------------------------------
 

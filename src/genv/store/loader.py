@@ -42,6 +42,19 @@ _ATTEMPTS = 5
 
 
 @dataclass
+class _Listing:
+    """What a folder's entries say, kept while the folder is unchanged (see ``_users``)."""
+
+    key: tuple[int, int, int]
+    uids: list[int]
+    lock_names: list[str]
+    names: frozenset[str]
+    # The planted lock names, as found (an entry's owner changes only by root's chown, or
+    # by replacing the entry, which changes the folder).
+    planted_locks: list[tuple[str, int, StateProblem]] | None = None
+
+
+@dataclass
 class Loaded:
     """One pass over the folder: the records per uid, the problems, and each user's file."""
 
@@ -75,7 +88,8 @@ class Loader:
         self.boot_id = boot_id
         self.legacy_start = legacy_start
         self._decoded: dict[str, tuple[_StatKey, UserRecords]] = {}
-        self._listing: tuple[tuple[int, int, int], list[int], list[str]] | None = None
+        self._listing: _Listing | None = None
+        self._listing_used: _Listing | None = None  # the listing of the last load
         # The last records each user's file gave, kept while their file is unusable, so
         # that root can say which devices they may still hold.
         self.last_good: dict[int, UserRecords] = {}
@@ -84,14 +98,29 @@ class Loader:
     def load(self, dir_fd: int, only: Callable[[int], bool] | None = None) -> Loaded:
         """Every user's records (those ``only`` accepts, when given)."""
         loaded = Loaded()
-        uids, lock_names = self._users(dir_fd)
-        for uid in uids:
+        listing = self._users(dir_fd)
+        self._listing_used = listing
+        for uid in listing.uids:
             if only is None or only(uid):
                 self._load_user(dir_fd, uid, loaded)
-        for name in lock_names:
-            ours = names.parse(name)
-            if ours is not None:
-                self._note_planted(dir_fd, name, ours.uid, names.LOCK, loaded)
+        if listing.planted_locks is None:
+            start = len(loaded.planted)
+            problems = len(loaded.problems)
+            for name in listing.lock_names:
+                ours = names.parse(name)
+                if ours is not None:
+                    self._note_planted(dir_fd, name, ours.uid, names.LOCK, loaded)
+            found = loaded.planted[start:]
+            listing.planted_locks = [
+                (name, uid, problem)
+                for (name, uid), problem in zip(found, loaded.problems[problems:], strict=True)
+            ]
+            if listing is not self._listing:
+                listing.planted_locks = None  # not kept: look again next time
+        else:
+            for name, uid, problem in listing.planted_locks:
+                loaded.planted.append((name, uid))
+                loaded.problems.append(problem)
         if only is None:  # forget files that are gone, so the cache stays as small as the folder
             self.files_seen = set(loaded.files)
             current = set(loaded.files.values())
@@ -99,15 +128,24 @@ class Loader:
                 del self._decoded[name]
         return loaded
 
-    def _users(self, dir_fd: int) -> tuple[list[int], list[str]]:
+    def listed(self, entries: tuple[str, ...]) -> bool | None:
+        """Whether the folder, as the last ``load`` listed it, has any of ``entries``; None
+        when that listing was not kept (the folder had just changed: look)."""
+        listing = self._listing
+        if listing is None or self._listing_used is not listing:
+            return None
+        return not listing.names.isdisjoint(entries)
+
+    def _users(self, dir_fd: int) -> _Listing:
         """The uids that have a state file name in the folder, and the lock names there."""
         info = os.fstat(dir_fd)
         key = (info.st_dev, info.st_ino, info.st_mtime_ns)
-        if self._listing is not None and self._listing[0] == key:
-            return self._listing[1], self._listing[2]
+        if self._listing is not None and self._listing.key == key:
+            return self._listing
         uids: set[int] = set()
         lock_names = []
-        for name in os.listdir(dir_fd):
+        entries = os.listdir(dir_fd)
+        for name in entries:
             ours = names.parse(name)
             if ours is None:
                 continue
@@ -115,9 +153,9 @@ class Loader:
                 uids.add(ours.uid)
             else:
                 lock_names.append(name)
-        listing = sorted(uids), lock_names
+        listing = _Listing(key, sorted(uids), lock_names, frozenset(entries))
         if time.time() - info.st_mtime_ns / 1e9 > SETTLED_SECONDS:
-            self._listing = (key, *listing)
+            self._listing = listing
         else:
             self._listing = None
         return listing
@@ -181,8 +219,13 @@ class Loader:
         )
 
     def _read(self, dir_fd: int, name: str, uid: int, info: os.stat_result, loaded: Loaded) -> bool:
-        path = str(self.root / name)
         loaded.files[uid] = name
+        key = _key(info)
+        cached = self._decoded.get(name)
+        if cached is not None and cached[0] == key:  # (it was a regular file, rightly kept)
+            loaded.records[uid] = cached[1]
+            return True
+        path = str(self.root / name)
         if not stat.S_ISREG(info.st_mode):
             self._problem(
                 loaded,
@@ -203,11 +246,6 @@ class Loader:
                 f"&& chmod 644 {path}",
                 True,
             )
-            return True
-        key = _key(info)
-        cached = self._decoded.get(name)
-        if cached is not None and cached[0] == key:
-            loaded.records[uid] = cached[1]
             return True
         try:
             found = safefs.read_file(dir_fd, name, codec.MAX_FILE_BYTES)

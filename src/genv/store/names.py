@@ -13,6 +13,7 @@ user, or root, can create such a file (root gives what it writes for a user to t
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -45,12 +46,13 @@ def lock_name(uid: int, rank: int = 0) -> str:
     return f".lock-{uid}" if rank == 0 else f".lock-{uid}~{rank}"
 
 
-def state_names(uid: int) -> list[str]:
-    return [state_name(uid, rank) for rank in range(CANDIDATES)]
+@functools.lru_cache(maxsize=4096)  # asked for every user on every read of the daemon
+def state_names(uid: int) -> tuple[str, ...]:
+    return tuple(state_name(uid, rank) for rank in range(CANDIDATES))
 
 
-def lock_names(uid: int) -> list[str]:
-    return [lock_name(uid, rank) for rank in range(CANDIDATES)]
+def lock_names(uid: int) -> tuple[str, ...]:
+    return tuple(lock_name(uid, rank) for rank in range(CANDIDATES))
 
 
 def parse(name: str) -> OurName | None:

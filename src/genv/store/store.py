@@ -88,6 +88,8 @@ class Store:
         self._legacy_cache: tuple[tuple[object, ...], legacy.LegacyState] | None = None
         self._legacy_live_cache: tuple[tuple[object, ...], float, dict] | None = None
         self._removed = False  # the folder was removed under us: wait for it, never recreate
+        # (state, root's records): found published as they hold, so not looked at again
+        self._published: tuple[State, UserRecords | None] | None = None
         self.loader = self._new_loader()
 
     def _new_loader(self) -> Loader:
@@ -157,7 +159,7 @@ class Store:
         if loaded.planted and self._is_root():
             self._repair(dir_fd, loaded)
         state = self._live(loaded)
-        if legacy.pending(dir_fd):
+        if self.loader.listed(legacy.FILES) is not False and legacy.pending(dir_fd):
             eids, held = self._legacy_claims(dir_fd)
             state = replace(state, legacy_eids=eids, legacy_held=held)
         return state, loaded
@@ -286,18 +288,23 @@ class Store:
         something was written (only when it changed)."""
         if not self._is_root() or state.problem_of(0) is not None:
             return False  # (root's own file is unusable: that is said already)
+        published = self.loader.last_good.get(0)  # root's own file, as last read
+        if self._published == (state, published):
+            return False  # what was found published for this very state, as read then
         unusable = state.unusable_uids
         held = [a for a in state.attachments if a.uid not in unusable]
         last = {uid: r for uid, r in self.loader.last_good.items() if uid in unusable}
         if last:
             held += live_state(last, (), self._alive, self._kernels_alive).attachments
         key = sorted((a.uid, a.eid, a.device_index, a.time) for a in held)
-        published = self.loader.last_good.get(0)  # root's own file, as last read
         if (
             published is not None
             and published.holdings_published
             and key == sorted((a.uid, a.eid, a.device_index, a.time) for a in published.holdings)
         ):
+            # Kept only while nobody's file is unusable: then what is held is the state's
+            # attachments alone (otherwise their processes' lives count, which change).
+            self._published = (state, published) if not last else None
             return False
         with self.transaction(timeout=1.0) as tx:
             tx.set_holdings(held)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from genv.domain import validate
 from genv.domain.observation import ProcessFacts
 from genv.system import procfs, users
+from genv.system.proc_events import ProcessEvents
 from genv.system.processes import environment_claim
 from genv.system.watch import ProcessWatcher
 
@@ -53,47 +54,87 @@ def _comm(pid: int) -> str:
 
 
 class ProcessInspector:
-    """``read_facts`` with a cache for the daemon, checked by (pid, start)."""
+    """``read_facts`` with a cache for the daemon, kept by (pid, start).
 
-    def __init__(self, watcher: ProcessWatcher | None = None) -> None:
+    Facts read about a process hold while it runs, except its program (an exec keeps the pid
+    and the start) and, for root's processes, its uid (root may give itself away). So with a
+    ``watcher`` (pidfds: which processes exited) and process ``events`` (the kernel's word of
+    every exec and uid change; genv.system.proc_events), ``begin`` forgets exactly the facts
+    that may have stopped holding, and a cycle where nothing happened reads nothing from
+    /proc. Without events, ``begin`` looks at every known process's program (and root's
+    processes' uid) instead, each cycle: an exemption by program never outlives the program.
+    Without a watcher nothing is kept from one ``begin`` to the next.
+    """
+
+    def __init__(
+        self, watcher: ProcessWatcher | None = None, events: ProcessEvents | None = None
+    ) -> None:
         self._cache: dict[int, ProcessFacts] = {}
         self._watcher = watcher
+        self._events = events
+        self._unwatched: set[int] = set()  # cached, but no pidfd tells of their exit
 
-    def still_known(self, pid: int) -> bool:
-        """Whether the facts read about ``pid`` still hold: the very same process runs.
-
-        Answered from the watcher, without reading /proc; False when it cannot tell.
-        """
-        cached = self._cache.get(pid)
-        return (
-            cached is not None
-            and self._watcher is not None
-            and self._watcher.is_running(pid, cached.start)
-        )
+    def begin(self) -> set[int]:
+        """Start a cycle: forget the facts that may no longer hold; their pids."""
+        cache = self._cache
+        if self._watcher is None:
+            stale = set(cache)
+            cache.clear()
+            return stale
+        stale = set()
+        for pid, start in self._watcher.take_gone():
+            if pid in cache and cache[pid].start == start:
+                stale.add(pid)
+        for pid in self._unwatched:
+            if pid in cache and procfs.start_of(pid) != cache[pid].start:
+                stale.add(pid)
+        changed = self._events.drain() if self._events is not None else None
+        if changed is not None:
+            stale.update(pid for pid in changed if pid in cache)
+        else:  # no word from the kernel: look at every one
+            stale.update(pid for pid, facts in cache.items() if not _still_holds(facts))
+        for pid in stale:
+            self._drop(pid)
+        return stale
 
     def facts(self, pid: int) -> ProcessFacts | None:
-        """The facts of ``pid``. A known process is read again only when it ran another
-        program since (exec keeps the pid and the start, but changes ``/proc/PID/exe``):
-        an exemption by program must never outlive the program."""
+        """The facts of ``pid``: as read before while they hold (see ``begin``), else now."""
         cached = self._cache.get(pid)
-        if (
-            cached is not None
-            and (
-                self.still_known(pid)
-                or (cached.start is not None and procfs.start_of(pid) == cached.start)
-            )
-            and procfs.executable(pid) == cached.exe
-            and (cached.uid != 0 or procfs.real_uid(pid) == 0)  # root may give itself away
-        ):
+        if cached is not None:
             return cached
         facts = read_facts(pid)
-        if facts is None or not facts.environ_readable:
-            self._cache.pop(pid, None)  # read again next time: it may be readable then
-            return facts
+        if facts is None or not facts.environ_readable or facts.start is None:
+            return facts  # read again next time: it may be readable then
+        if self._watcher is not None and not self._watcher.follow(pid, facts.start):
+            if procfs.start_of(pid) != facts.start:
+                return None  # it exited meanwhile
+            self._unwatched.add(pid)
         self._cache[pid] = facts
         return facts
+
+    def known(self, pid: int) -> bool:
+        """Whether the facts of ``pid`` are kept (``facts`` would read nothing)."""
+        return pid in self._cache
+
+    def forget(self, pid: int) -> None:
+        """``pid`` is on no GPU any more: keep nothing about it."""
+        if pid in self._cache:
+            self._drop(pid)
 
     def retain(self, pids: set[int]) -> None:
         """Forget processes no longer on any GPU, so the cache stays as small as the machine."""
         for pid in [pid for pid in self._cache if pid not in pids]:
-            del self._cache[pid]
+            self._drop(pid)
+
+    def _drop(self, pid: int) -> None:
+        facts = self._cache.pop(pid)
+        self._unwatched.discard(pid)
+        if self._watcher is not None and facts.start is not None:
+            self._watcher.forget(pid, facts.start)
+
+
+def _still_holds(facts: ProcessFacts) -> bool:
+    """Whether the process still runs the program it ran (and root's is still root's)."""
+    return procfs.executable(facts.pid) == facts.exe and (
+        facts.uid != 0 or procfs.real_uid(facts.pid) == 0
+    )

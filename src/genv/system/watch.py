@@ -27,7 +27,14 @@ def raise_open_file_limit() -> None:
 
 
 class ProcessWatcher:
-    """Tracks processes as (pid, start); ``refresh`` once per cycle, then ask freely."""
+    """Tracks processes as (pid, start), in one of two ways.
+
+    Asked (the store): ``refresh`` once per cycle, then ask freely; what nobody asked about
+    during a cycle is forgotten at the next ``refresh``. Followed (the enforcer's process
+    facts): ``follow`` a process, ``forget`` it when done; ``take_gone`` says which followed
+    processes exited since it was last called, so that the follower looks at nothing else.
+    A process may be both: ``refresh`` never drops a followed one.
+    """
 
     def __init__(self, max_watched: int | None = None) -> None:
         self._fds: dict[tuple[int, int], int] = {}
@@ -37,13 +44,20 @@ class ProcessWatcher:
         self._supported = hasattr(os, "pidfd_open")
         self._max = max_watched if max_watched is not None else _fd_budget()
         self._asked: set[tuple[int, int]] = set()
+        self._followed: set[tuple[int, int]] = set()
+        self._gone: list[tuple[int, int]] = []
 
     def refresh(self) -> None:
         """Start a cycle: forget processes nobody asked about during the last one, and drop
         every watched process that exited (one system call for all of them)."""
         for key in [key for key in self._fds if key not in self._asked]:
-            self._drop(key)
+            if key not in self._followed:
+                self._drop(key)
         self._asked = set()
+        self.drop_exited()
+
+    def drop_exited(self) -> None:
+        """Drop every watched process that exited (one system call for all of them)."""
         if not self._fds:
             return
         while True:
@@ -74,6 +88,33 @@ class ProcessWatcher:
         self._watch(pid, started)
         return True
 
+    def follow(self, pid: int, started: int) -> bool:
+        """Watch the process ``pid`` that started at ``started`` until ``forget``; False when
+        it cannot be watched (gone, no pidfd, too many): then nothing will tell of its exit."""
+        key = (pid, started)
+        if key not in self._fds:
+            self._watch(pid, started)
+            if key not in self._fds:
+                return False
+        self._followed.add(key)
+        return True
+
+    def forget(self, pid: int, started: int) -> None:
+        """Stop following a process (its descriptor is closed unless someone asks about it)."""
+        key = (pid, started)
+        if key in self._followed:
+            self._followed.discard(key)
+            if key in self._fds and key not in self._asked:
+                self._drop(key)
+
+    def take_gone(self) -> list[tuple[int, int]]:
+        """The followed processes that exited since the last call (one system call when none
+        did): they are followed no more."""
+        if self._followed and self._poll.poll(0):
+            self.drop_exited()
+        gone, self._gone = self._gone, []
+        return gone
+
     def runs_as(self, process: RegisteredProcess, owner: int) -> bool:
         """Whether the registered ``process`` still runs, as ``owner`` or root (its real uid is
         read once per watched process: it does not change without privilege)."""
@@ -100,6 +141,9 @@ class ProcessWatcher:
         self._poll.register(fd, select.POLLIN)  # EPOLLIN has the same value
 
     def _drop(self, key: tuple[int, int]) -> None:
+        if key in self._followed:
+            self._followed.discard(key)
+            self._gone.append(key)
         self._uids.pop(key, None)
         fd = self._fds.pop(key)
         del self._by_fd[fd]

@@ -1,0 +1,202 @@
+"""What the daemon keeps about GPU processes between cycles, and what makes it look again:
+the kernel's process events (exec, uid), the pidfd watcher (exits), and the per-cycle check
+where the kernel does not tell. A fact kept must never outlive what it says."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from genv.system import procfs
+from genv.system.proc_events import ProcessEvents
+from genv.system.process_facts import ProcessInspector
+from genv.system.watch import ProcessWatcher
+
+from support import wait_environ
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the process events need root")
+
+# Waits for a line on stdin, then runs another program: pid and start stay, the program not.
+EXEC_ON_LINE = "read line; exec sleep 60"
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def exec_later() -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        ["sh", "-c", EXEC_ON_LINE], stdin=subprocess.PIPE, env={"PATH": os.environ["PATH"],
+                                                                 "GENV_ENVIRONMENT_ID": "e1"}
+    )
+    wait_environ(process.pid)
+    return process
+
+
+def run_other_program(process: subprocess.Popen[bytes]) -> None:
+    before = procfs.executable(process.pid)
+    assert process.stdin is not None
+    process.stdin.write(b"go\n")
+    process.stdin.flush()
+    wait_until(lambda: procfs.executable(process.pid) not in (before, None))
+
+
+@pytest.fixture
+def events():
+    found = ProcessEvents.open() if os.geteuid() == 0 else None
+    yield found
+    if found is not None:
+        found.close()
+
+
+@needs_root
+def test_the_kernel_tells_of_an_exec(events):
+    assert events is not None, "the proc connector works for root in the initial namespaces"
+    events.drain()
+    process = exec_later()
+    try:
+        run_other_program(process)
+        wait_until(lambda: process.pid in (events.drain() or set()))
+    finally:
+        process.kill()
+        process.wait()
+
+
+@needs_root
+def test_the_kernel_tells_of_a_uid_change(events):
+    assert events is not None
+    events.drain()
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
+                              "os.setuid(65534); sys.stdin.readline()"], stdin=subprocess.PIPE)
+    try:
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        wait_until(lambda: procfs.real_uid(child.pid) == 65534)
+        seen: set[int] = set()
+        wait_until(lambda: child.pid in seen or bool(seen.update(events.drain() or ())))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_events_lost_say_so(events, monkeypatch):
+    if events is None:
+        pytest.skip("no process events here")
+
+    calls = []
+
+    def overflowed(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        raise BlockingIOError
+
+    monkeypatch.setattr(events, "_socket", type("S", (), {"recv_into": staticmethod(overflowed),
+                                                          "close": lambda self: None})())
+    assert events.drain() is None  # lost: the caller must look at every process
+
+
+def test_not_root_has_no_events(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert ProcessEvents.open() is None
+
+
+# -- the inspector: facts kept, and forgotten when they may no longer hold ---------------------
+
+
+@pytest.mark.parametrize("kernel_tells", [True, False], ids=["events", "per-cycle check"])
+def test_a_process_that_runs_another_program_is_read_again(kernel_tells, events):
+    if kernel_tells and events is None:
+        pytest.skip("no process events here")
+    watcher = ProcessWatcher()
+    inspector = ProcessInspector(watcher, events if kernel_tells else None)
+    process = exec_later()
+    try:
+        inspector.begin()
+        first = inspector.facts(process.pid)
+        assert first is not None and first.exe == os.path.realpath(shutil.which("sh"))
+        assert inspector.begin() == set()  # nothing happened: nothing read again
+        assert inspector.facts(process.pid) is first
+        run_other_program(process)
+        wait_until(lambda: process.pid in inspector.begin())
+        second = inspector.facts(process.pid)
+        assert second is not None and second.exe == os.path.realpath(shutil.which("sleep"))
+        assert second.start == first.start
+    finally:
+        process.kill()
+        process.wait()
+        watcher.close()
+
+
+def test_a_process_that_exits_is_forgotten(events):
+    watcher = ProcessWatcher()
+    inspector = ProcessInspector(watcher, events)
+    process = subprocess.Popen(["sleep", "60"], env={"GENV_ENVIRONMENT_ID": "e1"})
+    wait_environ(process.pid)
+    try:
+        inspector.begin()
+        assert inspector.facts(process.pid) is not None and inspector.known(process.pid)
+        process.kill()
+        process.wait()
+        assert inspector.begin() == {process.pid}
+        assert not inspector.known(process.pid)
+        assert inspector.facts(process.pid) is None
+    finally:
+        watcher.close()
+
+
+def test_without_a_watcher_nothing_is_kept_between_cycles():
+    inspector = ProcessInspector()
+    process = subprocess.Popen(["sleep", "60"], env={"GENV_ENVIRONMENT_ID": "e1"})
+    wait_environ(process.pid)
+    try:
+        inspector.begin()
+        first = inspector.facts(process.pid)
+        assert inspector.begin() == {process.pid}
+        assert inspector.facts(process.pid) is not first
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_process_that_cannot_be_watched_is_checked_each_cycle(events):
+    watcher = ProcessWatcher(max_watched=0)  # no pidfd for anyone
+    inspector = ProcessInspector(watcher, events)
+    process = subprocess.Popen(["sleep", "60"], env={"GENV_ENVIRONMENT_ID": "e1"})
+    wait_environ(process.pid)
+    try:
+        inspector.begin()
+        assert inspector.facts(process.pid) is not None
+        assert inspector.begin() == set()
+        process.kill()
+        process.wait()
+        assert inspector.begin() == {process.pid}
+    finally:
+        watcher.close()
+
+
+def test_a_followed_process_is_let_go_when_forgotten():
+    watcher = ProcessWatcher()
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        start = procfs.start_of(process.pid)
+        assert start is not None and watcher.follow(process.pid, start)
+        watcher.refresh()  # asked about by nobody: a followed process is kept all the same
+        assert watcher.take_gone() == []
+        watcher.forget(process.pid, start)
+        process.kill()
+        process.wait()
+        assert watcher.take_gone() == []  # let go: its exit is nobody's news
+    finally:
+        watcher.close()
