@@ -93,45 +93,6 @@ class Scraper:
             self.latencies.append(took)
 
 
-class BurstCounter:
-    """When the daemon runs: bursts of CPU time (its threads' ``schedstat``, read every 2 ms
-    from outside) separated by at least ``GAP_S`` of quiet. Without scrapes, one burst is one
-    cycle. (The stand-ins cache the machine file, so cycles can't be counted by its opens.)"""
-
-    GAP_S = 0.1
-    POLL_S = 0.002
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.starts: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BurstCounter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        last_ns, last_change = procstat.cpu_sample(self.pid).thread_ns, 0.0
-        while not self._stop.wait(self.POLL_S):
-            try:
-                now_ns = procstat.cpu_sample(self.pid).thread_ns
-            except OSError:
-                return
-            if now_ns != last_ns:
-                now = time.monotonic()
-                if now - last_change > self.GAP_S:
-                    self.starts.append(now)
-                last_ns, last_change = now_ns, now
-
-    def between(self, start: float, end: float) -> int:
-        return sum(1 for moment in self.starts if start <= moment < end)
-
-
 def cycles_counted(url: str) -> float:
     _, page = fetch(url)
     return next(
@@ -161,13 +122,14 @@ def daemon_cpu(tool: Tool, scratch: Path, window: float, scrape_every: float | N
             time.sleep(measure.WARMUP_CYCLES + 1.5)
             if daemon.poll() is not None:
                 raise RuntimeError((scratch / "daemon.err").read_text()[-2000:])
-            with BurstCounter(daemon.pid) as bursts, Scraper(url, scrape_every or 1.0) as scraper:
+            bursts = procstat.BurstCounter(daemon.pid, gap=0.1)
+            with bursts, Scraper(url, scrape_every or 1.0) as scraper:
                 first = procstat.idle_sample(daemon.pid)
                 before = cycles_counted(url) if metrics else 0.0
                 time.sleep(window)
                 last = procstat.idle_sample(daemon.pid)
                 after = cycles_counted(url) if metrics else 0.0
-            cycles = int(after - before) if metrics else bursts.between(first.when, last.when)
+            cycles = int(after - before) if metrics else bursts.bursts(first.when, last.when)
             cpu = last.seconds_since(first)
         finally:
             daemon.terminate()

@@ -83,3 +83,15 @@ def test_no_module_shadows_a_standard_library_name() -> None:
     shadows = [p for p in SRC.rglob("*.py")
                if p.stem in sys.stdlib_module_names and p.stem not in ("__init__", "__main__")]
     assert not shadows, shadows
+
+
+MAX_MODULE_LINES = 700  # docs/architecture.md: small modules, read in one sitting
+
+
+def test_modules_stay_small() -> None:
+    too_big = {
+        str(path.relative_to(SRC)): count
+        for path in SRC.rglob("*.py")
+        if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_big, f"split these modules (lines): {too_big}"

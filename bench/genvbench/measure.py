@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genvbench import procstat
 from genvbench.host import fd_wait
@@ -21,8 +21,8 @@ RULES = ("--non-env-processes",)  # plus the defaults of both: --env-devices, --
 DAEMON_INTERVAL = 1
 WARMUP_CYCLES = 3  # the project reads every process once, then watches it: steady after 2
 REACTION_TIMEOUT_S = 15.0
-PROBE = Path(__file__).with_name("nvml_probe.py")
-PROBE_PAUSE_S = 0.5  # between probe cycles: caches go cold, as between a daemon's cycles
+NVML_COST_PASSES = 10
+NVML_COST_PAUSE_MS = 200  # between passes: caches go cold, as between a daemon's cycles
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def one_cycle(tool: Tool, runs: int, scratch: Path) -> list[Run]:
 
 
 def commands(tool: Tool, layout: Layout, runs: int, scratch: Path) -> dict[str, list[Run]]:
-    """What people wait on: ``genv devices`` and ``genv envs activate`` (a new environment
-    of an existing user's process each time)."""
+    """What people wait on: ``genv devices``, ``genv envs`` and ``genv envs activate`` (a new
+    environment of an existing user's process each time: what ``genv activate`` runs)."""
     env = layout.envs[0]
     timed(tool, "devices", scratch=scratch)  # not counted: byte-code files, as installed
     activate = [
@@ -83,7 +83,8 @@ def commands(tool: Tool, layout: Layout, runs: int, scratch: Path) -> dict[str, 
         for index in range(runs)
     ]
     devices = [timed(tool, "devices", scratch=scratch) for _ in range(runs)]
-    return {"genv devices": devices, "genv envs activate": activate}
+    envs = [timed(tool, "envs", scratch=scratch) for _ in range(runs)]
+    return {"genv devices": devices, "genv envs": envs, "genv envs activate": activate}
 
 
 # -- the daemon -------------------------------------------------------------------------------
@@ -92,9 +93,8 @@ def commands(tool: Tool, layout: Layout, runs: int, scratch: Path) -> dict[str, 
 class Daemon:
     """``genv enforce --interval 1`` running in the background, watched from outside."""
 
-    def __init__(self, tool: Tool, watcher: procstat.OpenWatcher, scratch: Path) -> None:
+    def __init__(self, tool: Tool, scratch: Path) -> None:
         self.tool = tool
-        self.watcher = watcher
         self.out_path = scratch / f"daemon-{_slug(tool.name)}.out"
         self._out = open(self.out_path, "w")  # noqa: SIM115 - closed in stop()
         self._err = open(scratch / f"daemon-{_slug(tool.name)}.err", "w")  # noqa: SIM115
@@ -104,6 +104,7 @@ class Daemon:
             env=tool.environment(), stdin=subprocess.DEVNULL, stdout=self._out,
             stderr=self._err,
         )
+        self.cycles = procstat.BurstCounter(self.process.pid)
 
     @property
     def pid(self) -> int:
@@ -111,7 +112,7 @@ class Daemon:
 
     def wait_cycles(self, count: int, since: float, timeout: float = 600.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.watcher.bursts(since) < count:
+        while self.cycles.bursts(since) < count:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.tool.name}: the daemon exited "
                                    f"({self.process.returncode})")
@@ -130,7 +131,7 @@ class Daemon:
         memory = procstat.memory_kib(self.pid)
         children = (last.child_ticks - first.child_ticks) / procstat.HZ
         result = DaemonResult(
-            cycles=self.watcher.bursts(first.when, last.when),
+            cycles=self.cycles.bursts(first.when, last.when),
             window_s=last.when - first.when,
             cpu_s=last.seconds_since(first),
             children_cpu_s=children,
@@ -144,6 +145,7 @@ class Daemon:
         return result
 
     def stop(self) -> None:
+        self.cycles.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -181,14 +183,13 @@ def reactions(
 
 def daemon(
     tool: Tool,
-    watcher: procstat.OpenWatcher,
     scratch: Path,
     window_s: float,
     min_cycles: int,
     after: Callable[[DaemonResult], None] | None = None,
 ) -> DaemonResult:
     """Start the daemon, measure a window, run ``after(result)`` while it still runs, stop."""
-    running = Daemon(tool, watcher, scratch)
+    running = Daemon(tool, scratch)
     try:
         result = running.measure(window_s, min_cycles)
         if after is not None:
@@ -229,12 +230,40 @@ class Churn:
 # -- the NVML stand-in's own share --------------------------------------------------------------
 
 
-def nvml_standin_cpu(tool: Tool) -> float:
-    """CPU seconds the NVML stand-in spends per project cycle on the current machine."""
-    result = subprocess.run([sys.executable, str(PROBE), str(PROBE_PAUSE_S)],
-                            env=tool.environment(),
-                            capture_output=True, text=True, check=True)
-    return float(json.loads(result.stdout)["cpu_s"])
+def nvml_standin_cost(tool: Tool) -> dict[str, Any]:
+    """The NVML stand-in's own CPU on the current machine: ``nvml_cost`` (built beside the
+    stand-in from ``nvml_cost.c``) makes, from C, the driver calls one project cycle makes,
+    each timed with the thread's CPU clock, with pauses between passes so that caches go cold
+    as between a daemon's cycles. ``pass_s``: one cycle's worth; ``per_call_us``: by call."""
+    program = Path(tool.env["LD_LIBRARY_PATH"]).parent / "nvml_cost"
+    result = subprocess.run([str(program), str(NVML_COST_PASSES), str(NVML_COST_PAUSE_MS)],
+                            env=tool.environment(), capture_output=True, text=True, check=True)
+    found = json.loads(result.stdout)
+    return {"pass_s": found["pass_us"] / 1e6, "per_call_us": found["per_call_us"],
+            "calls_per_pass": found["calls_per_pass"]}
+
+
+SMI_QUERIES = (  # the forms genv 1.4.3 runs each cycle, and the project's nvidia-smi path
+    ("--query-gpu=uuid,index", "--format=csv"),
+    ("--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"),
+)
+
+
+def smi_standin_cost(tool: Tool, runs: int = 20) -> dict[str, float]:
+    """CPU seconds of one call of the compiled ``nvidia-smi`` stand-in (``wait4``), per query
+    form, median of ``runs``: what the stand-in itself costs a tool on each call."""
+    costs = {}
+    for query in SMI_QUERIES:
+        found = []
+        for _ in range(runs):
+            process = subprocess.Popen(["nvidia-smi", *query], env=tool.environment(),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"nvidia-smi {' '.join(query)} failed")
+            found.append(usage.ru_utime + usage.ru_stime)
+        costs[query[0]] = sorted(found)[len(found) // 2]
+    return costs
 
 
 def _slug(name: str) -> str:

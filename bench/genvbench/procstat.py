@@ -6,25 +6,22 @@ not when threads came and went in between, as genv 1.4.3's child-watcher threads
 clock-tick total of ``/proc/PID/stat`` is used). Children's CPU time is the kernel's
 ``cutime + cstime``: every child the daemon started and reaped, with their own children.
 
-Cycles are counted by watching the machine description with inotify: every cycle reads it
-(through ``nvidia-smi`` or the NVML stand-in), and the reads of one cycle come in one burst.
+Cycles are counted as bursts of the daemon's CPU time (its threads' ``schedstat``, read every
+2 ms from outside): at ``--interval 1`` a daemon is idle for most of a second between two
+cycles. (The NVML stand-in keeps the machine file open and reads it only when it changes, so
+the file's opens no longer mark cycles.)
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 HZ = os.sysconf("SC_CLK_TCK")
-IN_OPEN = 0x20
-IN_CLOEXEC = 0o2000000
-BURST_GAP_S = 0.25  # reads further apart than this belong to different cycles
+BURST_GAP_S = 0.25  # CPU time further apart than this belongs to different cycles
 IDLE_S = 0.06  # no CPU time and no children for this long: between two cycles
 
 
@@ -97,49 +94,51 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
-class OpenWatcher:
-    """Times at which a file in a folder is opened (inotify, read in a background thread).
+class BurstCounter:
+    """When a daemon runs: the moments its CPU time starts moving after at least ``gap``
+    seconds without (one per cycle when nothing else wakes it). Follows ``pid`` from a
+    background thread until ``close``."""
 
-    One for the whole run: the thread blocks in ``read`` for as long as the process lives.
-    """
+    POLL_S = 0.002
 
-    def __init__(self, path: Path) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._fd = libc.inotify_init1(IN_CLOEXEC)
-        if self._fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        folder = os.fsencode(str(path.parent))
-        if libc.inotify_add_watch(self._fd, folder, IN_OPEN) < 0:
-            raise OSError(ctypes.get_errno(), "inotify_add_watch")
-        self._name = os.fsencode(path.name)
-        self._times: list[float] = []
+    def __init__(self, pid: int, gap: float = BURST_GAP_S) -> None:
+        self.pid = pid
+        self.gap = gap
+        self._starts: list[float] = []
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _read(self) -> None:
-        while True:
+    def __enter__(self) -> BurstCounter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            last_ns = cpu_sample(self.pid).thread_ns
+        except OSError:
+            return
+        last_change = -float("inf")
+        while not self._stop.wait(self.POLL_S):
             try:
-                data = os.read(self._fd, 65536)
-            except OSError:
-                return
-            now = time.monotonic()
-            offset = 0
-            while offset < len(data):
-                _, mask, _, length = struct.unpack_from("iIII", data, offset)
-                name = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
-                offset += 16 + length
-                if mask & IN_OPEN and name == self._name:
+                now_ns = cpu_sample(self.pid).thread_ns
+            except (OSError, ValueError, IndexError):
+                return  # it exited
+            if now_ns != last_ns:
+                now = time.monotonic()
+                if now - last_change > self.gap:
                     with self._lock:
-                        self._times.append(now)
+                        self._starts.append(now)
+                last_ns, last_change = now_ns, now
 
     def bursts(self, start: float = 0.0, end: float = float("inf")) -> int:
-        """Bursts of opens (one per cycle) that began within [start, end)."""
+        """Bursts that began within [start, end)."""
         with self._lock:
-            times = list(self._times)
-        count, last = 0, None
-        for moment in times:
-            if last is None or moment - last > BURST_GAP_S:
-                count += start <= moment < end
-            last = moment
-        return count
+            return sum(1 for moment in self._starts if start <= moment < end)

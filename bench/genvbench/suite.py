@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from genvbench import host, measure, procstat
+from genvbench import host, measure
 from genvbench.machine import (
     Layout,
     Population,
@@ -20,6 +20,7 @@ from genvbench.machine import (
     write_project_state,
 )
 from genvbench.tools import (
+    PEER,
     PROJECT_NVML,
     Tool,
     build_nvml,
@@ -46,14 +47,16 @@ class Settings:
     scale_processes: tuple[int, ...]
     scale_window_s: float
     scale_cycles: int
+    metrics_rounds: int  # alternating rounds of the daemon without and with metrics
+    metrics_window_s: float
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(10, 20, 20.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5)
+        return cls(10, 20, 20.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5, 3, 20.0)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(3, 3, 5.0, 3.0, 2, (10, 100), (100, 1000), 2.0, 2)
+        return cls(3, 3, 5.0, 3.0, 2, (10, 100), (100, 1000), 2.0, 2, 1, 5.0)
 
 
 class Bench:
@@ -70,7 +73,6 @@ class Bench:
         self.state.mkdir()
         self.tools: list[Tool] = []
         self.population: Population | None = None
-        self.watcher: procstat.OpenWatcher | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -96,7 +98,6 @@ class Bench:
             try:
                 self.population = Population(pool, users)
                 write_machine(self.machine, self.population.layout(1, 1))
-                self.watcher = procstat.OpenWatcher(self.machine)
                 self.main_measurements()
                 self.scale()
             finally:
@@ -127,7 +128,11 @@ class Bench:
             self.results["one_cycle"][tool.name] = _runs(runs)
         for tool in self.tools:
             self.results["daemon"][tool.name] = self.daemon_runs(tool, layout)
-        self.results["standin_nvml_s"] = measure.nvml_standin_cpu(self.tool(PROJECT_NVML))
+        standin = measure.nvml_standin_cost(self.tool(PROJECT_NVML))
+        self.results["standin_nvml"] = standin
+        self.results["standin_nvml_s"] = standin["pass_s"]
+        self.results["standin_smi_s"] = measure.smi_standin_cost(self.tool(PEER))
+        self.results["metrics"] = self.metrics_overhead()
         self.results["commands"] = {}
         for tool in self.tools:
             log(f"{tool.name}: commands x{self.settings.command_runs}")
@@ -136,8 +141,22 @@ class Bench:
             self.results["commands"][tool.name] = {name: _runs(runs)
                                                    for name, runs in found.items()}
 
+    def metrics_overhead(self) -> dict[str, Any]:
+        """The project's daemon (NVML) with ``--metrics-port`` scraped every 15 s (Prometheus's
+        default) against it without, in alternating rounds: CPU per cycle of each."""
+        from metrics import daemon_cpu  # bench/metrics.py: the same measurement as there
+
+        tool = self.tool(PROJECT_NVML)
+        rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for number in range(self.settings.metrics_rounds):
+            for mode, scrape in (("off", None), ("on", 15.0)):
+                log(f"{tool.name}: daemon, metrics {mode}, round {number + 1}")
+                rounds[mode].append(daemon_cpu(tool, self.scratch,
+                                               self.settings.metrics_window_s, scrape))
+        return rounds
+
     def daemon_runs(self, tool: Tool, layout: Layout) -> dict[str, Any]:
-        assert self.watcher is not None and self.population is not None
+        assert self.population is not None
         settings = self.settings
         log(f"{tool.name}: daemon, {settings.daemon_window_s:g} s, then reaction")
 
@@ -146,11 +165,11 @@ class Bench:
             result.reactions_s = measure.reactions(self.population, layout, self.machine,
                                                    settings.reaction_trials)
 
-        steady = measure.daemon(tool, self.watcher, self.scratch, settings.daemon_window_s,
+        steady = measure.daemon(tool, self.scratch, settings.daemon_window_s,
                                 3, after=react)
         log(f"{tool.name}: daemon, machine changing, {settings.changing_window_s:g} s")
         with measure.Churn(self.machine, layout):
-            changing = measure.daemon(tool, self.watcher, self.scratch,
+            changing = measure.daemon(tool, self.scratch,
                                       settings.changing_window_s, 3)
         return {"steady": asdict(steady), "changing": asdict(changing)}
 
@@ -186,7 +205,6 @@ class Bench:
     # -- scale ---------------------------------------------------------------------------------
 
     def scale(self) -> None:
-        assert self.watcher is not None
         points = []
         for envs in self.settings.scale_envs:
             for processes in self.settings.scale_processes:
@@ -198,13 +216,13 @@ class Bench:
                     if tool.name == PROJECT_NVML:
                         with measure.Churn(self.machine, layout):
                             point["tools"][tool.name + CHANGING] = self.scale_point(tool)
-                point["standin_nvml_s"] = measure.nvml_standin_cpu(self.tool(PROJECT_NVML))
+                point["standin_nvml_s"] = measure.nvml_standin_cost(
+                    self.tool(PROJECT_NVML))["pass_s"]
                 points.append(point)
         self.results["scale"] = points
 
     def scale_point(self, tool: Tool) -> dict[str, Any]:
-        assert self.watcher is not None
-        result = measure.daemon(tool, self.watcher, self.scratch, self.settings.scale_window_s,
+        result = measure.daemon(tool, self.scratch, self.settings.scale_window_s,
                                 self.settings.scale_cycles)
         return asdict(result)
 

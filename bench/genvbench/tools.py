@@ -51,10 +51,16 @@ def log(message: str) -> None:
 
 
 def build_nvml(out: Path) -> Path:
-    """``libnvidia-ml.so.1`` built from the stand-in's source with ``cc``; its folder."""
+    """The stand-ins built from source with ``cc`` into one folder, which is returned:
+    ``libnvidia-ml.so.1`` (for ``LD_LIBRARY_PATH``) and the compiled ``nvidia-smi`` (first on
+    ``PATH``: no launcher script in between, as with NVIDIA's own). Beside it,
+    ``out/nvml_cost``: the NVML stand-in's own CPU per call (``nvml_cost.c``)."""
     folder = out / "nvml"
-    subprocess.run(["sh", str(STANDINS / "build-nvml.sh"), str(folder)], check=True,
+    subprocess.run(["sh", str(STANDINS / "build.sh"), str(folder)], check=True,
                    capture_output=True)
+    source = Path(__file__).with_name("nvml_cost.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-Wall", "-o", str(out / "nvml_cost"),
+                    str(source), "-ldl"], check=True, capture_output=True)
     return folder
 
 
@@ -131,7 +137,7 @@ def make_tools(
     genv: tuple[str, ...], nvml_dir: Path, peer: Path, machine: Path, state: Path
 ) -> list[Tool]:
     """The three tools, each with its own state folder under ``state``."""
-    path = f"{STANDINS}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    path = f"{nvml_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"  # the compiled nvidia-smi
     common = {"GENV_FAKE_MACHINE": str(machine), "PATH": path}
     return [
         Tool(PROJECT_NVML, genv, {

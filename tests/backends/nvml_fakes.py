@@ -161,6 +161,7 @@ class FakeDriver:
         return SUCCESS
 
     def _handle(self, index: int, out: ctypes._Pointer[ctypes.c_void_p]) -> int:
+        self.calls["handle"] += 1
         if not self.initialized:
             return UNINITIALIZED
         if index >= len(self.gpus):

@@ -394,6 +394,24 @@ def test_a_device_whose_memory_changed_is_a_new_device(
     assert second is not first and second.devices[0].used_memory == 2 * GI
 
 
+def test_handles_are_looked_up_once_until_the_count_changes_or_the_device_errors(
+    driver: FakeDriver, backend: NvmlBackend
+) -> None:
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)]), FakeGpu("GPU-b")]
+    for _ in range(3):
+        backend.snapshot()
+    assert driver.calls["handle"] == 2  # a steady daemon asks once per device
+    driver.gpus[1].error = UNKNOWN
+    assert backend.snapshot().partial
+    driver.gpus[1].error = None
+    assert not backend.snapshot().partial
+    assert driver.calls["handle"] == 2 + 1  # device 1 looked up again after its error
+    driver.gpus.append(FakeGpu("GPU-c"))
+    snapshot = backend.snapshot()
+    assert [d.uuid for d in snapshot.devices] == ["GPU-a", "GPU-b", "GPU-c"]
+    assert driver.calls["handle"] == 3 + 3  # another count: every index looked up again
+
+
 def test_a_device_replaced_at_the_same_index_is_read_afresh(
     driver: FakeDriver, backend: NvmlBackend
 ) -> None:

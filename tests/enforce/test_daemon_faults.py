@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_state_folder_removed_and_created_again(genv, machine, procs, env_of, st
     spare = shared_dir / "spare"
     copy_folder(state_dir, spare)
 
-    shutil.rmtree(state_dir)
+    remove_folder(state_dir)
     daemon.wait_for("was removed; waiting for it", where="stderr")
     wait_cycles(daemon, 5)
 
@@ -192,3 +193,12 @@ def test_a_full_disk_is_one_line_loses_nothing_and_the_revocation_is_retried(
         assert procs.alive(member)
         assert daemon.stop() == 0
         assert "Traceback" not in daemon.stderr()
+
+
+def remove_folder(folder) -> None:
+    """``rm -rf`` as an admin would: the daemon may write a file into the folder while it
+    goes, so remove again until it is gone."""
+    deadline = time.monotonic() + 10
+    while folder.exists():
+        assert time.monotonic() < deadline, f"{folder} could not be removed"
+        shutil.rmtree(folder, ignore_errors=True)

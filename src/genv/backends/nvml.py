@@ -70,9 +70,10 @@ def init_error_message(error: NvmlError) -> str:
 class NvmlBackend:
     """Reads devices and compute processes through NVML, kept open until ``close``.
 
-    Static values (the name) are cached by UUID; everything else is read on every snapshot,
-    and the device list is rebuilt from the device count each time. ``clock`` (monotonic
-    seconds) times the back-off; tests pass their own.
+    What cannot change while NVML is open is kept: each device's handle by index (until the
+    device count changes or the device errors), its name by uuid; the uuid, memory and
+    processes are read on every snapshot. ``clock`` (monotonic seconds) times the back-off;
+    tests pass their own.
     """
 
     name = "nvml"
@@ -87,6 +88,11 @@ class NvmlBackend:
         self._lock = threading.Lock()
         self._open = False
         self._names: dict[str, str] = {}
+        # Each device's handle, by index, for as long as NVML stays open and counts as many
+        # devices (a handle is valid until nvmlShutdown; a device that errors is looked up
+        # again): a steady cycle does not ask for what cannot change.
+        self._handles: dict[int, ctypes.c_void_p] = {}
+        self._count: int | None = None
         self._backoff = 0.0
         self._retry_at = 0.0  # no nvmlInit before this, after one failed
         self._failure = ""  # why NVML is not open, for the lines said while waiting
@@ -109,6 +115,9 @@ class NvmlBackend:
                 raise BackendError(
                     f"NVML cannot count the GPUs ({error}): check the driver with nvidia-smi"
                 ) from None
+            if count != self._count:  # a device came or went: the indices may mean others
+                self._handles.clear()
+                self._count = count
             reading = _Reading()
             for index in range(count):
                 self._read_device(index, processes, reading)
@@ -187,17 +196,21 @@ class NvmlBackend:
     def _read_device(self, index: int, processes: bool, reading: _Reading) -> None:
         library = self._library
         try:
-            handle = library.device_handle(index)
-            uuid = library.uuid(handle)
+            handle = self._handles.get(index)
+            if handle is None:
+                handle = library.device_handle(index)
+            uuid = library.uuid(handle)  # read each time: the device there may be another
             name = self._names.get(uuid)
             if name is None:
                 name = self._names[uuid] = library.name(handle)
         except NvmlError as error:
+            self._handles.pop(index, None)  # looked up again next time
             reading.failed(f"device {index}: {error}", error)
             return
         try:
             total, used = library.memory(handle)
         except NvmlError as error:
+            self._handles.pop(index, None)
             if error.code != ERROR_NOT_SUPPORTED:
                 reading.failed(f"device {index}: {error}", error)
                 return
@@ -208,6 +221,7 @@ class NvmlBackend:
         if total is None:
             reading.errors.append(f"device {index}: total memory not reported")
             total = 0
+        self._handles[index] = handle
         before = self._devices.get(index)
         device = before[0] if before is not None else None
         if device is None or (
@@ -286,6 +300,7 @@ class NvmlBackend:
             self._devices[index] = (device, answered, found)
         else:
             self._devices.pop(index, None)
+            self._handles.pop(index, None)
 
     # -- opening, losing and reopening NVML --------------------------------------------------
 
@@ -332,6 +347,8 @@ class NvmlBackend:
             return
         self._open = False
         self._names.clear()
+        self._handles.clear()
+        self._count = None
         self._devices.clear()
         self._last = None
         self._library.forget()

@@ -55,6 +55,10 @@ class ProcessEvents:
     def __init__(self, sock: socket.socket) -> None:
         self._socket = sock
         self._buffer = bytearray(_MESSAGE)
+        # Asked first whether anything (an event, an error such as ENOBUFS) waits: a cycle
+        # where nothing happened costs one poll, not a receive that fails.
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
 
     @classmethod
     def open(cls) -> ProcessEvents | None:
@@ -84,6 +88,8 @@ class ProcessEvents:
         """The processes (thread group ids) that ran another program or changed a uid since
         the last call; None when some events may have been lost (look at every process)."""
         changed: set[int] = set()
+        if not self._poller.poll(0):
+            return changed
         lost = False
         receive = self._socket.recv_into
         buffer = self._buffer
