@@ -38,6 +38,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--backend", choices=["nvml", "fake", "nvidia-smi"], default="nvml")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N")
     parser.add_argument("--allocations", action="store_true")
+    parser.add_argument("--metrics", action="store_true",
+                        help="with the daemon's metrics (--metrics-port) as a reporter")
     parser.add_argument("--no-events", action="store_true",
                         help="without the kernel's process events (the per-cycle check)")
     parser.add_argument("--pause", type=float, default=0.02,
@@ -135,6 +137,10 @@ def child(args: argparse.Namespace) -> int:
     observer = Observer(open_backend(), store, watcher, events)
     enforcer = Enforcer(observer, RuleConfig(non_env_processes=True), Terminator(10.0),
                         Detacher(store), Reporter(stream=io.StringIO()))
+    if args.metrics:
+        from genv.metrics.enforcement import EnforcementMetrics
+
+        enforcer.add_reporter(EnforcementMetrics())
     phases: dict[str, list[float]] = {"gpus": [], "state": []}
     backend, read = observer.backend.snapshot, store.read
 
@@ -195,7 +201,7 @@ def child(args: argparse.Namespace) -> int:
         "nvml_standin_ms": standin,
         "nvml_standin_calls": json.loads(probe.stdout) if probe.returncode == 0 else None,
         "E": args.envs, "P": args.processes, "backend": args.backend, "change": args.change,
-        "events": events is not None,
+        "events": events is not None, "metrics": args.metrics,
         "cycle_ms_median": statistics.median(totals), "cycle_ms_min": min(totals),
         **{f"{name}_median": statistics.median(values) for name, values in phases.items()},
     }

@@ -52,7 +52,7 @@ class Settings:
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(10, 20, 20.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5, 3, 20.0)
+        return cls(10, 20, 20.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5, 3, 30.0)
 
     @classmethod
     def quick(cls) -> Settings:
