@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from genv.backends.errors import BackendError
 from genv.domain.models import DeviceTelemetry, GpuSnapshot
-from genv.errors import GenvError
 
-
-class BackendError(GenvError, RuntimeError):
-    """The GPUs cannot be read at all (no driver, no library, a bad simulated machine).
-
-    The message is one line for the user: what is wrong and what to do.
-    """
+__all__ = ["BackendError", "GpuBackend", "TelemetrySource"]
 
 
 class GpuBackend(Protocol):

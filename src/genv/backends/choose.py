@@ -6,23 +6,27 @@ is one shared instance per process, so NVML is initialised once and kept open.
 
 from __future__ import annotations
 
-import ctypes
+import _thread
 import os
-import shutil
-import threading
 
-from genv.backends.base import BackendError, GpuBackend
+from genv.backends.errors import BackendError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from genv.backends.base import GpuBackend
 
 ENV_VAR = "GENV_GPU_BACKEND"
 BACKENDS = ("nvml", "nvidia-smi", "fake")
 NVML_LIBRARY = "libnvidia-ml.so.1"
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()  # threading.Lock, without importing threading
 _nvml: GpuBackend | None = None
 
 
 def nvml_library_loads() -> bool:
     """Whether the NVML shared library can be loaded here (a dlopen; no driver call)."""
+    import ctypes
+
     try:
         ctypes.CDLL(NVML_LIBRARY)
     except OSError:
@@ -31,6 +35,8 @@ def nvml_library_loads() -> bool:
 
 
 def nvidia_smi_on_path() -> bool:
+    import shutil
+
     return shutil.which("nvidia-smi") is not None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from genv.backends.base import BackendError
+from genv.backends.errors import BackendError
 from genv.backends.machine_file import (
     DEFAULT_NAME,
     ENV_VAR,

@@ -31,13 +31,16 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from genv.domain.constants import MAX_DEVICES, MAX_START, NOT_AVAILABLE
 from genv.domain.memory import MemoryFormatError, parse_memory
+from genv.domain.values import value
 from genv.system import procfs
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV_VAR = "GENV_FAKE_MACHINE"
 DEFAULT_NAME = "Simulated GPU"
@@ -61,7 +64,7 @@ class MachineFileError(ValueError):
     """The machine file cannot be read or breaks a rule; the message is one line."""
 
 
-@dataclass(frozen=True)
+@value
 class ProcessSpec:
     """One process entry: ``used_memory`` None is unknown, ``start`` None was not recorded."""
 
@@ -71,7 +74,7 @@ class ProcessSpec:
     start: int | None = None
 
 
-@dataclass(frozen=True)
+@value
 class MachineSpec:
     """The machine file, checked: devices in index order and the process entries."""
 

@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 
-from genv.backends.base import BackendError
+from genv.backends.errors import BackendError
 from genv.domain.constants import GARBAGE_PIDS
 from genv.domain.memory import MIB
 from genv.domain.models import Device, DeviceTelemetry, GpuProcess, GpuSnapshot

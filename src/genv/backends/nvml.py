@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from genv.backends.base import BackendError
+from genv.backends.errors import BackendError
 from genv.backends.nvml_binding import (
     ERROR_DRIVER_NOT_LOADED,
     ERROR_FUNCTION_NOT_FOUND,

@@ -24,9 +24,12 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from genv.domain.constants import GARBAGE_PIDS, MAX_DEVICES, NOT_AVAILABLE
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 try:
     import pynvml

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from genv.domain import validate
 from genv.store import State, Store
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def open_store() -> Store:
@@ -88,7 +91,9 @@ def log_as_daemon(program: str, level: str) -> None:
     import logging
 
     from genv.enforce.report import OneLineFormatter
+    from genv.system import logs
 
+    logs.settle()  # the one-off commands' set-up first: this one replaces it
     library = logging.getLogger("genv")
     library.handlers.clear()
     library.setLevel(logging.NOTSET)

@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from genv.cli import common
-from genv.core import devices as core
 from genv.core import listing
 from genv.domain import validate
-from genv.domain.models import Attachment, Device
 from genv.domain.timefmt import timestamp
-from genv.store import State, Store
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from genv.domain.models import Attachment, Device
+    from genv.store import State, Store
 
 QUERY_FIELDS = ("index", "eids", "total_memory", "attachments")
 
@@ -59,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     store = common.open_store()
     if args.reset:
+        from genv.core import devices as core
+
         core.reset(store)
     action = args.action or "ps"
     return ACTIONS[action](store, args)
@@ -69,6 +73,8 @@ def _print_indices(indices: list[int]) -> None:
 
 
 def _attach(store: Store, args: argparse.Namespace) -> int:
+    from genv.core import devices as core
+
     indices = core.attach(
         store,
         args.eid,
@@ -81,6 +87,8 @@ def _attach(store: Store, args: argparse.Namespace) -> int:
 
 
 def _detach(store: Store, args: argparse.Namespace) -> int:
+    from genv.core import devices as core
+
     indices = core.detach(store, args.eid, args.index)
     if not args.quiet:
         _print_indices(indices)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import TYPE_CHECKING
 
 from genv.cli import common
 from genv.cli.common import checked
 from genv.domain import validate
+from genv.system import logs
 
 if TYPE_CHECKING:
     from genv.enforce.signals import Stopper
 
-log = logging.getLogger("genv.enforce")
+log = logs.logger("genv.enforce")
 
 
 def _uid(name: str) -> int:

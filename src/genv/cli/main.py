@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
 # command -> (module, one-line help). Each module has add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,14 +53,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; or, with ``only``, that command's alone (what parsing a
+    command line that starts with it needs: the others would only be listed in help and
+    errors about the command word, which is known to be right then)."""
     parser = OneLineParser(
         prog="genv",
         description="GPU environments on a shared machine, and their enforcement",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, (_, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(command, help=help_text, description=help_text)
         if only is None or command == only:
+            sub = subparsers.add_parser(command, help=help_text, description=help_text)
             _module(command).add_arguments(sub, command)
     return parser
 
@@ -70,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    _log_warnings()
+    from genv.system import logs
+
+    logs.when_used(_log_warnings)  # logging is imported only when there is a warning
     try:
         from genv.cli.migrate import before_command
 
@@ -93,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _log_warnings() -> None:
     """Warnings of the library layers (logging module) reach the user as ``genv: warning:``
-    lines; the daemon sets up its own format instead."""
+    lines; the daemon sets up its own format instead (see genv.system.logs)."""
     import logging
 
     logger = logging.getLogger("genv")

@@ -11,11 +11,13 @@ import json
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING, TextIO
 
 from genv.domain import constants
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from genv.core.migrate import Outcome
     from genv.domain.models import Device
 

@@ -4,18 +4,18 @@ and Grafana (genv 1.4.3's command, flags and metric names)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 from typing import TYPE_CHECKING
 
 from genv.cli.common import checked
 from genv.domain import validate
+from genv.system import logs
 
 if TYPE_CHECKING:
     from genv.metrics.exporter import Exporter
     from genv.metrics.source import Source
 
-log = logging.getLogger("genv.metrics")
+log = logs.logger("genv.metrics")
 
 MAX_INTERVAL = 3600.0
 

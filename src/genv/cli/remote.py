@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from genv.cli import common
 from genv.cli.main import OneLineParser
+from genv.system import logs
 
-log = logging.getLogger("genv.remote")
+log = logs.logger("genv.remote")
 
 
 def _positive(text: str) -> float:

@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return agent.execute_once(plan)
     import logging
 
+    from genv.system import logs
+
+    logs.settle()  # genv's own set-up first, then this level
     logging.getLogger("genv").setLevel(logging.ERROR)  # stderr goes back over SSH
     if args.usage:
         from genv.metrics.host_agent import UsageAgent

@@ -10,16 +10,21 @@ give it back, and then try again after a short random pause).
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Sequence
 
-from genv.backends.base import GpuBackend
 from genv.core.environments import lookup
 from genv.domain import allocation
-from genv.domain.models import Attachment, Device, Environment
-from genv.domain.state import State
-from genv.store import NotFound, Store
+from genv.domain.models import Attachment
+from genv.store import NotFound
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from genv.backends.base import GpuBackend
+    from genv.domain.models import Device, Environment
+    from genv.domain.state import State
+    from genv.store import Store
 
 ATTEMPTS = 20
 
@@ -129,6 +134,8 @@ def attach(
             tx.save()
             if index is not None:
                 raise allocation.AllocationError(f"Device {index} is not available")
+        import random  # only when someone else claimed the same device meanwhile
+
         time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
     raise allocation.AllocationError(
         "other environments kept taking the same devices at the same moment; try again"

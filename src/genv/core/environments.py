@@ -9,17 +9,16 @@ the only environment with that id, and an error when several users have one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from genv.domain import validate
 from genv.domain.models import Environment
 from genv.domain.state import State
+from genv.domain.values import value
 from genv.store import NotFound, PermissionRefused, StateError, Store
-from genv.store.transaction import UNCHANGED
 from genv.system import users
 
 
-@dataclass(frozen=True)
+@value
 class EnvironmentView:
     """An environment with the indices of the devices attached to it."""
 
@@ -107,6 +106,8 @@ def configure(store: Store, eid: str, **changes: object) -> Environment:
 
     Only its owner or root may; the values are checked (genv.domain.validate).
     """
+    from genv.store.transaction import UNCHANGED
+
     env = lookup(store.read(), eid, store.caller_uid)
     fields = {key: changes.get(key, UNCHANGED) for key in ("name", "gpus", "gpu_memory")}
     with store.transaction(uid=env.uid) as tx:

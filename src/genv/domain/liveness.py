@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 
 from genv.domain.models import Attachment, Environment, RegisteredProcess, UserRecords
 from genv.domain.state import State, StateProblem
+from genv.domain.values import replace
 
 # (process, owner uid) -> whether that very process runs, as that owner or root
 ProcessAlive = Callable[[RegisteredProcess, int], bool]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from genv.domain.values import value
 
 
-@dataclass(frozen=True)
+@value
 class Device:
     """A GPU as the hardware reports it now. ``used_memory`` is None when it cannot be read."""
 
@@ -16,7 +16,7 @@ class Device:
     used_memory: int | None = None
 
 
-@dataclass(frozen=True)
+@value
 class DeviceTelemetry:
     """What monitoring shows of a device beyond memory: temperature (degrees C) and compute
     utilization (percent of the last sample period); None where the device does not say.
@@ -27,7 +27,7 @@ class DeviceTelemetry:
     utilization: int | None = None
 
 
-@dataclass(frozen=True)
+@value
 class GpuProcess:
     """A compute process on one device, with the host pid NVML reports.
 
@@ -40,7 +40,7 @@ class GpuProcess:
     used_memory: int | None = None
 
 
-@dataclass(frozen=True)
+@value
 class GpuSnapshot:
     """What the GPUs look like at one moment; ``errors`` lists devices or calls that failed.
 
@@ -62,7 +62,7 @@ class GpuSnapshot:
         return None
 
 
-@dataclass(frozen=True)
+@value
 class EnvConfig:
     """What the user asked of an environment. ``gpu_memory`` keeps the text they wrote (``4g``)."""
 
@@ -71,7 +71,7 @@ class EnvConfig:
     gpu_memory: str | None = None
 
 
-@dataclass(frozen=True)
+@value
 class RegisteredProcess:
     """A process registered in an environment: pid plus its start (clock ticks since boot, see
     genv.system.procfs), since pids are reused. A start of None names no process."""
@@ -80,7 +80,7 @@ class RegisteredProcess:
     start: int | None = None
 
 
-@dataclass(frozen=True)
+@value
 class Environment:
     """A GPU environment. ``uid`` is its owner, taken from who wrote the record, not its text."""
 
@@ -88,7 +88,7 @@ class Environment:
     uid: int
     username: str | None
     creation: float
-    config: EnvConfig = field(default_factory=EnvConfig)
+    config: EnvConfig = EnvConfig()  # immutable: one shared default is no default_factory
     processes: tuple[RegisteredProcess, ...] = ()
     kernel_ids: tuple[str, ...] = ()
 
@@ -102,7 +102,7 @@ class Environment:
         return (self.uid, self.eid)
 
 
-@dataclass(frozen=True)
+@value
 class Attachment:
     """A device given to an environment, with the capacity it reserved on that device."""
 
@@ -119,7 +119,7 @@ class Attachment:
         return (self.uid, self.eid)
 
 
-@dataclass(frozen=True)
+@value
 class Revocation:
     """Root took back an attachment (``device`` set) or a whole environment (``device`` None).
 
@@ -134,7 +134,7 @@ class Revocation:
     time: float
 
 
-@dataclass(frozen=True)
+@value
 class UserRecords:
     """The decoded contents of one user's state file.
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from functools import cached_property
 
 from genv.domain.models import Attachment, Environment
+from genv.domain.values import field, value
 
 
-@dataclass(frozen=True)
+@value
 class StateProblem:
     """A state file that could not be used.
 
@@ -32,7 +32,7 @@ class StateProblem:
         return f"state file {self.path} {self.message}"
 
 
-@dataclass(frozen=True)
+@value
 class State:
     environments: tuple[Environment, ...] = ()
     attachments: tuple[Attachment, ...] = ()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 TIMESTAMP_FORMAT = "%d/%m/%Y %H:%M:%S"
 _UNITS = ((60, "minute"), (60, "hour"), (24, "day"), (7, "week"))
@@ -21,4 +20,6 @@ def time_since(when: float, now: float | None = None) -> str:
 
 
 def timestamp(when: float) -> str:
+    from datetime import datetime  # only --timestamp and queries print one
+
     return datetime.fromtimestamp(when).strftime(TIMESTAMP_FORMAT)

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from genv.domain.models import Attachment, Device, Environment
 from genv.domain.observation import Observation, ObservedProcess, Usage
+from genv.domain.values import replace
 from genv.enforce.findings import Detachment, Finding, Termination
 from genv.enforce.plan import Plan, combine
 from genv.enforce.rules import RuleConfig, survey

@@ -11,7 +11,6 @@ Everything it does is told to its reporters (report.py), one event at a time.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -28,8 +27,9 @@ from genv.enforce.rules import RuleConfig
 from genv.enforce.signals import Interrupted, Stopper
 from genv.enforce.survey_cache import SurveyCache
 from genv.store import State, StateError, StoreError
+from genv.system import logs
 
-log = logging.getLogger("genv.enforce")
+log = logs.logger("genv.enforce")
 
 _DetachKey = tuple[int, str, int]
 _LOOK_AGAIN = 0.05  # seconds, for processes in their grace without a pidfd

@@ -4,7 +4,7 @@ the facts of every GPU process; in a daemon, only what changed since the last cy
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from operator import attrgetter
 
 from genv.backends.base import GpuBackend
@@ -16,6 +16,7 @@ from genv.domain.observation import (
     index_by_eid,
     resolve,
 )
+from genv.domain.values import replace
 from genv.store import State, Store
 from genv.system import users
 from genv.system.proc_events import ProcessEvents

@@ -26,8 +26,9 @@ from genv.domain.validate import safe_text
 from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
 from genv.enforce.plan import Plan
+from genv.system import logs
 
-log = logging.getLogger("genv.enforce")
+log = logs.logger("genv.enforce")
 
 DRY_RUN_PREFIX = "[dry-run] "
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +30,9 @@ from genv.remote import wire
 from genv.remote.channel import AgentChannel
 from genv.remote.hosts import Host
 from genv.remote.ssh import HostError, SshOptions
+from genv.system import logs
 
-log = logging.getLogger("genv.metrics")
+log = logs.logger("genv.metrics")
 MAX_BACKOFF = 60.0
 CONNECTING = "connecting"
 

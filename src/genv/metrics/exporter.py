@@ -6,7 +6,6 @@ waits for, runs or slows a collection however many environments the machine has.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,8 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from genv.errors import GenvError
 from genv.metrics.families import DEFAULT_MAX_PROCESS_SERIES, usage_families
 from genv.metrics.source import HostSample, Source
+from genv.system import logs
 
-log = logging.getLogger("genv.metrics")
+log = logs.logger("genv.metrics")
 
 
 class _Families:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import queue
 import socket
 import threading
@@ -21,8 +20,9 @@ from typing import Any
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from genv.errors import GenvError
+from genv.system import logs
 
-log = logging.getLogger("genv.metrics")
+log = logs.logger("genv.metrics")
 
 DEFAULT_ADDRESS = "127.0.0.1"  # metrics name users and processes: not for the network
 CLIENT_TIMEOUT_S = 10.0  # a client that sends nothing is dropped after this

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import time
 from collections.abc import Sequence
@@ -33,8 +32,9 @@ from genv.remote.channel import AgentChannel
 from genv.remote.hosts import Host
 from genv.remote.report import ClusterReporter, ClusterSinks
 from genv.remote.ssh import HostError, SshOptions
+from genv.system import logs
 
-log = logging.getLogger("genv.remote")
+log = logs.logger("genv.remote")
 MAX_BACKOFF = 60.0
 
 

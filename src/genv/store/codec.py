@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any
 
 from genv.domain import validate
 from genv.domain.constants import MAX_START
@@ -27,6 +26,10 @@ from genv.domain.models import (
     Revocation,
     UserRecords,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT_VERSION = 2
 MAX_FILE_BYTES = 1 << 20

@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import stat
 from pathlib import Path
 
 from genv.store import safefs
 from genv.store.errors import StateError
+from genv.system import logs
 
-log = logging.getLogger("genv.store")
+log = logs.logger("genv.store")
 
 PID_FILE_MODE = 0o600
 _ATTEMPTS = 8

@@ -19,21 +19,27 @@ that appear after that are nobody's claim any more.
 from __future__ import annotations
 
 import errno
-import os
-import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from genv.domain import constants, validate
+from genv.domain import validate
 from genv.domain.models import EnvConfig
 from genv.store import safefs
 from genv.store.codec import RecordError
+from genv.store.legacy_files import (  # noqa: F401 - part of this module's interface
+    BACKUP_SUFFIX,
+    FILES,
+    LOCK,
+    MARKER,
+    keep_aside,
+    mark,
+    pending,
+    present,
+    taken_over,
+)
 
-ENVS, DEVICES = FILES = constants.LEGACY_STATE_FILES
-LOCK = "genv.lock"
-MARKER = constants.LEGACY_MARKER
-BACKUP_SUFFIX = ".1.4.3-"
+ENVS, DEVICES = FILES
 TIME_FORMAT = "%d/%m/%Y %H:%M:%S"  # how 1.4.3 wrote times (local time)
 
 MAX_BYTES = 8 << 20
@@ -84,32 +90,6 @@ class LegacyState:
         return frozenset(env.eid for env in self.environments)
 
 
-def present(dir_fd: int) -> tuple[str, ...]:
-    """Which of 1.4.3's state files are in the folder (as any kind of entry)."""
-    found = []
-    for name in FILES:
-        try:
-            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        found.append(name)
-    return tuple(found)
-
-
-def taken_over(dir_fd: int) -> bool:
-    """Whether root has taken 1.4.3's state over in this folder (a marker only root makes)."""
-    try:
-        info = os.stat(MARKER, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return stat.S_ISREG(info.st_mode) and info.st_uid == 0
-
-
-def pending(dir_fd: int) -> bool:
-    """Whether the folder holds 1.4.3's state that root has not taken over yet."""
-    return bool(present(dir_fd)) and not taken_over(dir_fd)
-
-
 def read(dir_fd: int) -> LegacyState:
     """Everything 1.4.3's files claim that is well-formed."""
     notes: list[str] = []
@@ -119,46 +99,6 @@ def read(dir_fd: int) -> LegacyState:
     environments = _environments(envs_document, notes)
     attachments = _attachments(devices_document, notes)
     return LegacyState(environments, attachments, tuple(notes[:MAX_NOTES]), envs_written, files)
-
-
-def keep_aside(dir_fd: int, stamp: str) -> list[str]:
-    """Rename 1.4.3's files to ``NAME.1.4.3-<stamp>`` (a free name); the new names."""
-    kept = []
-    for name in (*FILES, LOCK):
-        try:
-            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        target = f"{name}{BACKUP_SUFFIX}{stamp}"
-        for number in range(1, 100):
-            if not _exists(dir_fd, target):
-                break
-            target = f"{name}{BACKUP_SUFFIX}{stamp}.{number}"
-        try:
-            os.rename(name, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            continue
-        kept.append(target)
-    return kept
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def mark(dir_fd: int, text: str, shown: str) -> None:
-    """Write root's marker (replacing any planted one): 1.4.3's state was taken over."""
-    try:
-        info = os.stat(MARKER, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        info = None
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        safefs.clear_planted(dir_fd, MARKER)
-    safefs.write_atomic(dir_fd, MARKER, text.encode(), 0, shown)
 
 
 # -- decoding ---------------------------------------------------------------------------------

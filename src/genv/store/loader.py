@@ -21,7 +21,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from genv.domain.models import UserRecords
@@ -41,27 +40,33 @@ SETTLED_SECONDS = 1.0
 _ATTEMPTS = 5
 
 
-@dataclass
 class _Listing:
     """What a folder's entries say, kept while the folder is unchanged (see ``_users``)."""
 
-    key: tuple[int, int, int]
-    uids: list[int]
-    lock_names: list[str]
-    names: frozenset[str]
-    # The planted lock names, as found (an entry's owner changes only by root's chown, or
-    # by replacing the entry, which changes the folder).
-    planted_locks: list[tuple[str, int, StateProblem]] | None = None
+    def __init__(
+        self,
+        key: tuple[int, int, int],
+        uids: list[int],
+        lock_names: list[str],
+        names: frozenset[str],
+    ) -> None:
+        self.key = key
+        self.uids = uids
+        self.lock_names = lock_names
+        self.names = names
+        # The planted lock names, as found (an entry's owner changes only by root's chown,
+        # or by replacing the entry, which changes the folder).
+        self.planted_locks: list[tuple[str, int, StateProblem]] | None = None
 
 
-@dataclass
 class Loaded:
     """One pass over the folder: the records per uid, the problems, and each user's file."""
 
-    records: dict[int, UserRecords] = field(default_factory=dict)
-    problems: list[StateProblem] = field(default_factory=list)
-    files: dict[int, str] = field(default_factory=dict)
-    planted: list[tuple[str, int]] = field(default_factory=list)  # (name, uid it poses as)
+    def __init__(self) -> None:
+        self.records: dict[int, UserRecords] = {}
+        self.problems: list[StateProblem] = []
+        self.files: dict[int, str] = {}
+        self.planted: list[tuple[str, int]] = []  # (name, uid it poses as)
 
 
 def _key(info: os.stat_result) -> _StatKey:

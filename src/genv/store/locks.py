@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import time
 from collections.abc import Iterator
 
@@ -47,6 +46,8 @@ def user_lock(
         finally:
             for fd, _ in held:
                 os.close(fd)
+        import random
+
         time.sleep(random.uniform(0.001, 0.01))  # a rightful name appeared meanwhile: again
     raise StateError(f"could not take the state lock of uid {uid} in {shown_dir}; try again")
 
@@ -132,9 +133,7 @@ def _create(dir_fd: int, name: str, uid: int) -> int | None:
         with contextlib.suppress(OSError):
             os.fchmod(fd, LOCK_MODE)
         return fd
-    import secrets
-
-    temporary = f".genv-new-{secrets.token_hex(6)}"
+    temporary = f".genv-new-{os.urandom(6).hex()}"
     try:
         fd = os.open(temporary, flags, LOCK_MODE, dir_fd=dir_fd)
     except OSError as error:

@@ -17,9 +17,9 @@ import functools
 import os
 import re
 import stat
-from typing import NamedTuple
 
 from genv.domain import constants
+from genv.domain.values import value
 
 CANDIDATES = 8  # names per user and kind: the canonical one, then ~1 .. ~7
 
@@ -32,7 +32,8 @@ STATE = "state"
 LOCK = "lock"
 
 
-class OurName(NamedTuple):
+@value
+class OurName:
     kind: str  # STATE or LOCK
     uid: int
     rank: int  # 0 for the canonical name, 1..7 for the fallbacks

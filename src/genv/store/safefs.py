@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 from pathlib import Path
 
 from genv.domain import constants
 from genv.store.errors import StateError
+from genv.system import logs
 
-log = logging.getLogger("genv.store")
+log = logs.logger("genv.store")
 
 STATE_DIR_MODE = 0o1777  # like /tmp: everyone may create files, only owners may replace them
 FILE_MODE = 0o644
@@ -182,9 +182,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int, shown: str
     failure (a full disk above all) the temporary file is removed, the old file is untouched,
     and StateError says so in one line.
     """
-    import secrets  # only writers pay for it
-
-    temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+    # os.urandom(6).hex() is secrets.token_hex(6), without importing secrets (and hashlib)
+    temporary = f".{name}.{os.urandom(6).hex()}.tmp"
     try:
         fd = os.open(
             temporary,
@@ -242,9 +241,7 @@ def clear_planted(dir_fd: int, name: str) -> bool:
         return False
     try:
         if stat.S_ISDIR(info.st_mode):
-            import secrets
-
-            aside = f".genv-planted-{secrets.token_hex(6)}"
+            aside = f".genv-planted-{os.urandom(6).hex()}"
             os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             log.warning(
                 "moved a folder planted as %s aside to %s; an admin may remove it", name, aside
@@ -262,9 +259,7 @@ def install_rightful(dir_fd: int, name: str, data: bytes, owner_uid: int, mode: 
     """Put a file of ``owner_uid`` (root only) in place of whatever another user planted
     under ``name``, in one rename: at no moment is the name free for them to take again.
     True when done."""
-    import secrets
-
-    temporary = f".genv-new-{secrets.token_hex(6)}"
+    temporary = f".genv-new-{os.urandom(6).hex()}"
     try:
         fd = os.open(
             temporary,

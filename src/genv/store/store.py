@@ -15,28 +15,34 @@ check again). Nothing a user can open can stall another user's command or the da
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
-from genv.domain.liveness import KernelsAlive, ProcessAlive, live_state
+from genv.domain.liveness import live_state
 from genv.domain.models import Attachment, UserRecords
 from genv.domain.state import State
-from genv.store import codec, daemon_lock, legacy, names, safefs
-from genv.store.daemon_lock import DaemonLock
+from genv.domain.values import replace
+from genv.store import legacy_files, names, safefs
 from genv.store.errors import PermissionRefused, StateError
 from genv.store.loader import Loaded, Loader
-from genv.store.locks import LOCK_MODE, user_lock
-from genv.store.transaction import Transaction
-from genv.system import kernels, processes, procfs, users
-from genv.system.watch import ProcessWatcher
+from genv.system import logs, processes, procfs
 
-log = logging.getLogger("genv.store")
+# What only writers, root or the daemon use is imported where it is used: a listing (the
+# shell integration runs one per prompt) pays for none of it.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from genv.domain.liveness import KernelsAlive, ProcessAlive
+    from genv.store import legacy
+    from genv.store.daemon_lock import DaemonLock
+    from genv.store.transaction import Transaction
+    from genv.system.watch import ProcessWatcher
+
+log = logs.logger("genv.store")
 
 DEFAULT_STATE_DIR = safefs.DEFAULT_STATE_DIR
 OWN_LOCK_TIMEOUT = 30.0  # only the user's own commands can hold it
@@ -79,10 +85,12 @@ class Store:
         self.caller_uid = os.getuid() if caller_uid is None else caller_uid
         self._watcher = watcher
         if watcher is not None:
+            from genv.system import kernels
+
             alive = alive or watcher.runs_as
             kernels_alive = kernels_alive or kernels.KernelTracker(watcher.is_running)
         self._alive = alive or processes.registered_alive
-        self._kernels_alive = kernels_alive or kernels.running_kernels
+        self._kernels_alive = kernels_alive or _running_kernels
         self._reused: tuple[object, State, float] | None = None
         self._dir_fd: int | None = None
         self._legacy_cache: tuple[tuple[object, ...], legacy.LegacyState] | None = None
@@ -159,7 +167,7 @@ class Store:
         if loaded.planted and self._is_root():
             self._repair(dir_fd, loaded)
         state = self._live(loaded)
-        if self.loader.listed(legacy.FILES) is not False and legacy.pending(dir_fd):
+        if self.loader.listed(legacy_files.FILES) is not False and legacy_files.pending(dir_fd):
             eids, held = self._legacy_claims(dir_fd)
             state = replace(state, legacy_eids=eids, legacy_held=held)
         return state, loaded
@@ -170,6 +178,10 @@ class Store:
         the user's own lock file in the same rename, so that it can never be taken again; a
         state name of a user who has no file gets an empty file of theirs; any other is
         freed. What was planted under a name of no user is only freed."""
+        from genv.store import codec
+        from genv.store.locks import LOCK_MODE
+        from genv.system import users
+
         for name, uid in loaded.planted[:REPAIRS_PER_READ]:
             planter = self._owner(dir_fd, name)
             ours = names.parse(name)
@@ -217,23 +229,25 @@ class Store:
 
     def legacy_pending(self) -> bool:
         """Whether the folder holds genv 1.4.3's state that root has not taken over."""
-        return legacy.pending(self._dir())
+        return legacy_files.pending(self._dir())
 
     def legacy_taken_over(self) -> bool:
         """Whether root has taken over 1.4.3's state in this folder already."""
-        return legacy.taken_over(self._dir())
+        return legacy_files.taken_over(self._dir())
 
     def legacy_state(self) -> legacy.LegacyState:
+        from genv.store import legacy
+
         return legacy.read(self._dir())
 
     def keep_legacy_aside(self, stamp: str) -> list[str]:
         """Rename 1.4.3's files out of the way (root only); their new names."""
         self._require_root("keep genv 1.4.3's files aside")
-        return legacy.keep_aside(self._dir(), stamp)
+        return legacy_files.keep_aside(self._dir(), stamp)
 
     def mark_legacy_taken_over(self, text: str) -> None:
         self._require_root("take genv 1.4.3's state over")
-        legacy.mark(self._dir(), text, str(self.root / legacy.MARKER))
+        legacy_files.mark(self._dir(), text, str(self.root / legacy_files.MARKER))
 
     def _require_root(self, what: str) -> None:
         if not self._is_root():
@@ -242,10 +256,12 @@ class Store:
     def _legacy_claims(self, dir_fd: int) -> tuple[frozenset[str], tuple[Attachment, ...]]:
         """What 1.4.3's files claim, read again only when they changed: every id, and the
         attachments of the environments of which some process or kernel may still run."""
-        key = tuple(_identity(dir_fd, name) for name in legacy.FILES)
+        key = tuple(_identity(dir_fd, name) for name in legacy_files.FILES)
         if self._legacy_cache is not None and self._legacy_cache[0] == key:
             found = self._legacy_cache[1]
         else:
+            from genv.store import legacy
+
             found = legacy.read(dir_fd)
             self._legacy_cache = (key, found)
         maybe_live = self._legacy_live(key, found)
@@ -313,6 +329,8 @@ class Store:
     def daemon_lock(self) -> DaemonLock:
         """The lock that makes this the only enforcing daemon on the folder (see daemon_lock);
         raises AlreadyRunning, naming the one that runs."""
+        from genv.store import daemon_lock
+
         return daemon_lock.take(self._dir(), self.root)
 
     # -- writing --------------------------------------------------------------------------
@@ -333,6 +351,9 @@ class Store:
             )
         if timeout is None:
             timeout = OWN_LOCK_TIMEOUT if uid == self.caller_uid else OTHERS_LOCK_TIMEOUT
+        from genv.store.locks import user_lock
+        from genv.store.transaction import Transaction
+
         dir_fd = self._dir()
         with user_lock(dir_fd, uid, str(self.root), timeout):
             state, loaded = self.read_with_records()
@@ -374,3 +395,10 @@ class Store:
                     os.unlink(name, dir_fd=dir_fd)
                 except OSError:
                     log.warning("could not remove the old state file %s", self.root / name)
+
+
+def _running_kernels(owner: int, wanted: frozenset[str]) -> set[str]:
+    """genv.system.kernels.running_kernels, imported when some environment has a kernel."""
+    from genv.system import kernels
+
+    return kernels.running_kernels(owner, wanted)

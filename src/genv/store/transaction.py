@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from genv.domain import validate
 from genv.domain.models import (
@@ -24,10 +22,12 @@ from genv.domain.models import (
     UserRecords,
 )
 from genv.domain.state import State
+from genv.domain.values import replace
 from genv.store import codec
 from genv.store.errors import NotFound, PermissionRefused, StateError
 from genv.system import procfs
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
     from genv.store.store import Store
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import select
 import socket
 import struct
 import time
 
-log = logging.getLogger("genv.system")
+from genv.system import logs
+
+log = logs.logger("genv.system")
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple
 
 from genv.domain import constants
+from genv.domain.values import value
 
 # The largest pid there can be: anything above is not a pid.
 PID_MAX = constants.PID_MAX
 
 
-class ProcStat(NamedTuple):
+@value
+class ProcStat:
     """What ``/proc/PID/stat`` says: the state letter and the start, in ticks since boot."""
 
     state: str

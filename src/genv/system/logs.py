@@ -1,0 +1,54 @@
+"""genv's loggers, with the logging module imported only when something is logged.
+
+``logging`` (with ``traceback``, ``threading``, ``string``, ...) takes milliseconds to import,
+which every quick command would pay, though it seldom has anything to say. So every module
+of genv gets its logger here, ``log = logs.logger("genv.store")``: an object that stands for
+``logging.getLogger(name)`` and imports logging on first use.
+
+A front end that shows genv's warnings its own way (``genv``: ``genv: warning: ...`` lines)
+registers how with ``when_used``: the set-up runs once, before the first record. A front end
+that then configures logging itself (a daemon's format, a quieter level) calls ``settle``
+first, so that a pending set-up never runs after, and undoes, its own.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+
+_pending: list[Callable[[], None]] = []
+
+
+def logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, imported and looked up when it is first used."""
+    return _Logger(name)  # type: ignore[return-value]  # every Logger attribute, forwarded
+
+
+def when_used(setup: Callable[[], None]) -> None:
+    """Run ``setup`` (which configures logging) before the first record of any of genv's
+    loggers, or when ``settle`` is called."""
+    _pending.append(setup)
+
+
+def settle() -> None:
+    """Run the set-ups still pending now (before configuring logging in another way)."""
+    while _pending:
+        _pending.pop(0)()
+
+
+class _Logger:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> object:
+        settle()
+        import logging
+
+        return getattr(logging.getLogger(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<genv logger {self._name!r}>"
