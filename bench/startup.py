@@ -43,7 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STANDINS = REPO / "standins"
-DEFAULT_PEER = Path(os.environ.get("GENV_PEER", "/work/main/.peer/genv-1.4.3"))
+DEFAULT_PEER = Path(os.environ.get("GENV_PEER", REPO / ".peer" / "genv-1.4.3"))  # tests/compat/peers.py
 PROJECT, PEER = "project", "genv 1.4.3"
 DEVICES = 8
 ATTACHED = 4  # environments e1..e4 hold devices 0..3; 4..7 stay free for activations

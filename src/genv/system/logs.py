@@ -39,16 +39,20 @@ def settle() -> None:
 
 
 class _Logger:
-    __slots__ = ("_name",)
+    __slots__ = ("_name", "_logger")
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._logger: logging.Logger | None = None
 
     def __getattr__(self, attribute: str) -> object:
-        settle()
-        import logging
+        found = self._logger
+        if found is None:  # the first use: the set-ups, then the real logger, kept
+            settle()
+            import logging
 
-        return getattr(logging.getLogger(self._name), attribute)
+            found = self._logger = logging.getLogger(self._name)
+        return getattr(found, attribute)
 
     def __repr__(self) -> str:
         return f"<genv logger {self._name!r}>"
