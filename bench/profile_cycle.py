@@ -46,6 +46,8 @@ def parse() -> argparse.Namespace:
                         help="seconds between measured cycles (caches go cold)")
     parser.add_argument("--py-spy", type=Path, metavar="SVG",
                         help="also sample the measured cycles with py-spy into SVG")
+    parser.add_argument("--one-shot", action="store_true",
+                        help="profile one `genv enforce --interval 0` (start-up included) instead")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -93,6 +95,10 @@ def main() -> int:
                 "PATH": f"{STANDINS}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             }
             command = [sys.executable, __file__, *sys.argv[1:], "--child", str(scratch)]
+            if args.one_shot:
+                command = [sys.executable, "-X", "importtime", "-m", "cProfile", "-s",
+                           "cumulative", "-m", "genv", "enforce", "--interval", "0",
+                           "--non-env-processes"]
             return subprocess.run(command, env=env, check=False).returncode
         finally:
             pool.stop_all()

@@ -165,3 +165,18 @@ def test_match_by_position() -> None:
             assert y == 2
         case _:
             pytest.fail("no match")
+
+
+@value
+class _WithFactory:
+    name: str
+    tags: list = field(default_factory=list)
+
+
+def test_a_default_factory_makes_a_new_default_for_each_instance():
+    first, second = _WithFactory("a"), _WithFactory("b")
+    assert first.tags == [] and first.tags is not second.tags
+    assert _WithFactory("a", ["x"]).tags == ["x"]
+    assert not hasattr(_WithFactory, "tags")  # not a class attribute
+    with pytest.raises(ValueError):
+        field(default=1, default_factory=list)

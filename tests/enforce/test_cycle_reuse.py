@@ -146,8 +146,11 @@ def test_a_second_reporter_is_told_every_event_and_every_cycle(world):
     recorder = Recorder()
     enforcer.add_reporter(recorder)
     member = env_with_member(start, describe, store)
-    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 1; done"])
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+                                stdout=subprocess.PIPE)
     try:
+        assert stubborn.stdout is not None
+        assert stubborn.stdout.readline() == b"ready\n"  # it ignores SIGTERM from now on
         wait_environ(member.pid)
         describe((member, 0), (stubborn, 1))
         enforcer.terminator.grace = 0  # its SIGKILL is due at once

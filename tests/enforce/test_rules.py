@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from genv.domain.models import Attachment, Device, EnvConfig, Environment, RegisteredProcess
 from genv.domain.observation import (
     Membership,
@@ -13,6 +11,7 @@ from genv.domain.observation import (
     Usage,
     resolve,
 )
+from genv.domain.values import replace
 from genv.enforce.findings import Detachment, Finding, Termination
 from genv.enforce.plan import combine
 from genv.enforce.rules import (

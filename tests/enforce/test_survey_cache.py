@@ -8,8 +8,6 @@ changes (same state; some entries removed, some added), under every rule configu
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +19,7 @@ from genv.domain.observation import (
     ProcessFacts,
     Usage,
 )
+from genv.domain.values import replace
 from genv.enforce.observe import Change
 from genv.enforce.plan import combine
 from genv.enforce.rules import RuleConfig, survey

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 
 from genv.domain.models import Attachment, Device, Environment
+from genv.domain.values import value
 
 
 class Membership(Enum):
@@ -25,7 +25,7 @@ class Membership(Enum):
     UNKNOWN = "unknown"  # its claim or the environment's state could not be read
 
 
-@dataclass(frozen=True)
+@value
 class ProcessFacts:
     """What the system says about a process, read once per (pid, start).
 
@@ -44,7 +44,7 @@ class ProcessFacts:
     exe: str | None = None
 
 
-@dataclass(frozen=True)
+@value
 class Usage:
     """Memory a process holds on one device (None when the driver does not say)."""
 
@@ -52,7 +52,7 @@ class Usage:
     used_memory: int | None
 
 
-@dataclass(frozen=True)
+@value
 class ObservedProcess:
     """A GPU process with its facts, its usage per device and the environment it belongs to."""
 
@@ -82,13 +82,13 @@ class ObservedProcess:
         return self.env.eid if self.env is not None else None
 
 
-@dataclass(frozen=True)
+@value
 class Observation:
     devices: tuple[Device, ...]
     processes: tuple[ObservedProcess, ...]
     environments: tuple[Environment, ...]
     attachments: tuple[Attachment, ...]
-    unusable_uids: frozenset[int] = field(default_factory=frozenset)
+    unusable_uids: frozenset[int] = frozenset()
 
     @cached_property
     def _attachments_by_env(self) -> dict[tuple[int, str], list[Attachment]]:

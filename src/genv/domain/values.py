@@ -4,7 +4,8 @@
 position or keyword, with their defaults), ``__eq__`` and ``__hash__`` over the compared fields
 (only with an instance of the very same class), ``__repr__`` (``Name(field=..., ...)``) and
 ``__match_args__``, and refuses assignment and deletion (``FrozenInstanceError``);
-``field(default=..., compare=False)`` leaves a field out of equality and hashing;
+``field(default=..., compare=False)`` leaves a field out of equality and hashing, and
+``field(default_factory=...)`` makes its default anew for each instance;
 ``replace(obj, **changes)`` is a copy with some fields changed (``dataclasses.replace``, which
 it also does for dataclasses). Type checkers see frozen dataclasses (``dataclass_transform``).
 Instances keep a ``__dict__``, so ``functools.cached_property``, pickling and copying work as
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TypeVar
 
     from typing_extensions import dataclass_transform
@@ -53,8 +55,27 @@ class Field:
         self.compare = compare
 
 
-def field(*, default: Any = MISSING, compare: bool = True) -> Any:
-    """A field with a default (``default``) that ``compare=False`` leaves out of ``==``."""
+class _Factory:
+    """A default made anew for each instance (``default_factory``)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+
+
+def field(
+    *,
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | None = None,
+    compare: bool = True,
+) -> Any:
+    """A field with a default (``default``, or ``default_factory()`` made for each instance)
+    that ``compare=False`` leaves out of ``==``."""
+    if default_factory is not None:
+        if default is not MISSING:
+            raise ValueError("cannot specify both default and default_factory")
+        return Field(_Factory(default_factory), compare)
     return Field(default, compare)
 
 
@@ -72,7 +93,7 @@ def value(cls: type[T]) -> type[T]:
         if isinstance(default, Field):
             spec: Field = default
             default, compare = spec.default, spec.compare
-            if default is MISSING:
+            if default is MISSING or isinstance(default, _Factory):
                 delattr(cls, name)
             else:
                 setattr(cls, name, default)
@@ -129,7 +150,8 @@ def _init(self: Any, *args: object, **kwargs: object) -> None:
         elif name in kwargs:
             own[name] = kwargs.pop(name)
         elif defaults[index] is not MISSING:
-            own[name] = defaults[index]
+            default = defaults[index]
+            own[name] = default.make() if default.__class__ is _Factory else default
         else:
             raise TypeError(f"{cls.__qualname__}() is missing {name!r}")
     if kwargs:

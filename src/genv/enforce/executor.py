@@ -18,10 +18,10 @@ import select
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 
 from genv.domain.models import Attachment
+from genv.domain.values import value
 from genv.enforce.findings import Detachment, Termination
 from genv.store import Store, StoreError
 from genv.system import procfs
@@ -37,7 +37,7 @@ class Outcome(Enum):
     DRY_RUN = "dry-run"
 
 
-@dataclass(frozen=True)
+@value
 class Kill:
     """A SIGKILL at the end of a grace period, or earlier because genv enforce stops."""
 
@@ -52,11 +52,15 @@ class Kill:
         return self.left > 0
 
 
-@dataclass
 class _Pending:
-    termination: Termination
-    handle: int | None  # a pidfd; None without one (no pidfds, or none to spare): pid and start
-    deadline: float
+    """A termination in its grace period (changed as it goes: its pidfd may be closed)."""
+
+    __slots__ = ("deadline", "handle", "termination")
+
+    def __init__(self, termination: Termination, handle: int | None, deadline: float) -> None:
+        self.termination = termination
+        self.handle = handle  # a pidfd; None without one (no pidfds, or none to spare)
+        self.deadline = deadline
 
 
 def _pidfd_supported() -> bool:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from genv.domain.observation import ObservedProcess
+from genv.domain.values import field, value
 
 
-@dataclass(frozen=True)
+@value
 class Termination:
     """Terminate ``process`` (the very one: pid and start time) for ``reason``."""
 
@@ -18,7 +17,7 @@ class Termination:
     chosen: bool = False  # picked among several candidates: the reason is worth printing
 
 
-@dataclass(frozen=True)
+@value
 class Detachment:
     eid: str
     uid: int
@@ -29,7 +28,7 @@ class Detachment:
     chosen: bool = False
 
 
-@dataclass(frozen=True)
+@value
 class Finding:
     """One violation: the line that says so, and what should be done about it."""
 

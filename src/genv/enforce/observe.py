@@ -4,7 +4,6 @@ the facts of every GPU process; in a daemon, only what changed since the last cy
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from operator import attrgetter
 
 from genv.backends.base import GpuBackend
@@ -16,7 +15,7 @@ from genv.domain.observation import (
     index_by_eid,
     resolve,
 )
-from genv.domain.values import replace
+from genv.domain.values import replace, value
 from genv.store import State, Store
 from genv.system import users
 from genv.system.proc_events import ProcessEvents
@@ -26,7 +25,7 @@ from genv.system.watch import ProcessWatcher
 _DEVICE = attrgetter("device_index")
 
 
-@dataclass(frozen=True)
+@value
 class Change:
     """How an observation differs from ``previous``: the same state (environments and
     attachments), and its processes are those of ``previous`` without ``removed``, with

@@ -3,12 +3,11 @@ detached once, and the lines to print in the order the product description shows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from genv.domain.values import value
 from genv.enforce.findings import Detachment, Finding, Termination
 
 
-@dataclass(frozen=True)
+@value
 class Plan:
     findings: tuple[Finding, ...]
     terminations: tuple[Termination, ...]

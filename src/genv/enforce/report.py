@@ -19,10 +19,10 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from genv.domain.validate import safe_text
+from genv.domain.values import field, value
 from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
 from genv.enforce.plan import Plan
@@ -64,7 +64,7 @@ def _devices(indices: Sequence[int]) -> str:
     return ",".join(str(index) for index in indices)
 
 
-@dataclass(frozen=True)
+@value
 class CycleReport:
     """One enforcement cycle, for sinks that count (metrics) and for the debug log.
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 
 from genv.domain.memory import MemoryFormatError, format_memory, parse_memory
 from genv.domain.models import Attachment
 from genv.domain.observation import Membership, Observation, ObservedProcess
+from genv.domain.values import field, replace, value
 from genv.enforce.findings import Detachment, Finding, Termination
 
 NON_ENV_PROCESSES = "non-env-processes"
@@ -19,7 +19,7 @@ MAX_DEVICES_PER_USER = "max-devices-per-user"
 MAX_MEMORY_PER_USER = "max-memory-per-user"
 
 
-@dataclass(frozen=True)
+@value
 class RuleConfig:
     """Which rules run, with their limits.
 

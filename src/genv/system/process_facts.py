@@ -47,8 +47,8 @@ def read_facts(pid: int) -> ProcessFacts | None:
 
 def _comm(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/comm", "rb") as file:
-            return validate.safe_text(file.read(64).rstrip(b"\n").decode(errors="replace"), 64)
+        data = procfs.read_proc(f"/proc/{pid}/comm", 64)
+        return validate.safe_text(data.rstrip(b"\n").decode(errors="replace"), 64)
     except OSError:
         return "?"
 

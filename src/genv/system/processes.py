@@ -48,6 +48,10 @@ def legacy_start(pid: int, wall: float) -> int | None:
 # new program's environment a moment after its command line) or cleared its environment;
 # for this long after its start it is given the benefit of the doubt.
 YOUNG_SECONDS = 2.0
+# Linux keeps a process's environment within its argument space (at most a quarter of its
+# stack limit; 32 pages per string): far more than this would be a process that set out to
+# cost the reader memory. What lies beyond is not looked at.
+ENVIRON_LIMIT = 1 << 24
 
 
 def environment_claim(pid: int) -> tuple[str | None, bool] | None:
@@ -60,8 +64,7 @@ def environment_claim(pid: int) -> tuple[str | None, bool] | None:
     variable of every process into a dict was the largest part of a one-shot cycle.
     """
     try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            data = b"\0" + environ.read()
+        data = b"\0" + procfs.read_proc(f"/proc/{pid}/environ", ENVIRON_LIMIT)
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError:  # PermissionError above all: another user's process, without root
