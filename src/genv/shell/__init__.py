@@ -1,1 +1,1 @@
-"""Shell integration: the init script, the variables of an active environment, the shims."""
+"""Package data: init.sh, the bash and zsh integration ``genv shell --init`` prints."""
