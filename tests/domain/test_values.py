@@ -178,5 +178,29 @@ def test_a_default_factory_makes_a_new_default_for_each_instance():
     assert first.tags == [] and first.tags is not second.tags
     assert _WithFactory("a", ["x"]).tags == ["x"]
     assert not hasattr(_WithFactory, "tags")  # not a class attribute
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^cannot specify both default and default_factory$"):
         field(default=1, default_factory=list)
+
+
+def test_fields_made_at_run_time_keep_their_defaults_and_comparison():
+    """Classes made inside the test (not at import), so that field() runs under the test."""
+
+    @value
+    class Made:
+        a: int
+        b: int = field(default=2)
+        seen: int = field(default=0, compare=False)
+        tags: list = field(default_factory=list, compare=False)
+        note: str = field(default_factory=lambda: "n")
+
+    made = Made(1)
+    assert (made.a, made.b, made.seen, made.tags, made.note) == (1, 2, 0, [], "n")
+    assert Made(1, seen=5, tags=["x"]) == made  # seen and tags are not compared
+    assert Made(1, note="other") != made  # note is
+    assert Made(1, b=3) != made
+    assert hash(Made(1)) == hash(made) and hash(Made(2)) != hash(made)
+    assert Made.b == 2 and not hasattr(Made, "tags")
+    spec = field(default=7, compare=False)
+    assert (spec.default, spec.compare) == (7, False)
+    made_by = field(default_factory=dict)
+    assert made_by.compare is True and made_by.default.make() == {}
