@@ -45,7 +45,7 @@ def _program(name: str) -> str:
     return os.path.realpath(found)
 
 
-# A cycle on a machine where nothing changed costs well under a millisecond (bench/RESULTS.md),
+# A cycle on a machine where nothing changed costs under a millisecond (bench/RESULTS.md),
 # so a violation is acted on within about a second for a small share of one core.
 DEFAULT_INTERVAL = 1.0
 MAX_INTERVAL = 86400.0  # a day: beyond that, enforcement is not running
