@@ -204,3 +204,24 @@ def test_fields_made_at_run_time_keep_their_defaults_and_comparison():
     assert (spec.default, spec.compare) == (7, False)
     made_by = field(default_factory=dict)
     assert made_by.compare is True and made_by.default.make() == {}
+
+
+def test_methods_a_class_writes_itself_are_kept_and_mutable_defaults_refused():
+    @value
+    class Own:
+        a: int
+
+        def __hash__(self) -> int:
+            return 7
+
+        def __repr__(self) -> str:
+            return "own"
+
+    assert hash(Own(1)) == 7 and repr(Own(1)) == "own" and Own(1) == Own(1)
+    with pytest.raises(FrozenInstanceError):
+        Own(1).a = 2
+    with pytest.raises(ValueError, match="use default_factory"):
+
+        @value
+        class Shared:
+            tags: list = []  # noqa: RUF012 - the point of the test

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from genv.backends.base import BackendError
 from genv.backends.fake import FakeBackend
 from genv.backends.machine_file import write_machine
 from genv.enforce.daemon import Enforcer
@@ -201,6 +202,44 @@ def test_a_program_that_runs_another_loses_its_exemption_though_the_gpus_read_th
     exempt.stdin.write(b"go\n")
     exempt.stdin.flush()
     wait_exe(exempt.pid, shell)
+    plan = enforcer.cycle()
+    assert [t.process.pid for t in plan.terminations] == [exempt.pid]
+    assert exempt.wait(timeout=5) == -15
+
+
+class _FailingOnce:
+    """The backend, except that the next snapshot fails when ``fail`` is set."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.fail = False
+
+    def snapshot(self, processes: bool = True):
+        if self.fail:
+            self.fail = False
+            raise BackendError("the GPUs could not be read this once")
+        return self.backend.snapshot(processes)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_an_exec_seen_in_a_cycle_that_could_not_read_the_gpus_is_not_forgotten(world):
+    """What a cycle learnt changed (an exec) before its GPU reading failed still counts in the
+    next cycle, though that one reads the very same GPUs as the one before the failure."""
+    start, describe, store, enforcer, out = world
+    shell = os.path.realpath(shutil.which("sh"))
+    enforcer.config = RuleConfig(non_env_processes=True, exempt_programs=frozenset({shell}))
+    backend = enforcer.observer.backend = _FailingOnce(enforcer.observer.backend)
+    exempt = start("sh", "-c", "read line; exec sleep 60")
+    describe((exempt, 0))
+    assert enforcer.cycle().empty
+    assert enforcer.cycle().empty
+    exempt.stdin.write(b"go\n")
+    exempt.stdin.flush()
+    wait_exe(exempt.pid, shell)
+    backend.fail = True
+    assert enforcer.cycle() is None  # nothing done: the GPUs could not be read
     plan = enforcer.cycle()
     assert [t.process.pid for t in plan.terminations] == [exempt.pid]
     assert exempt.wait(timeout=5) == -15

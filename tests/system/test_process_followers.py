@@ -14,7 +14,7 @@ import time
 import pytest
 
 from genv.system import procfs
-from genv.system.proc_events import ProcessEvents
+from genv.system.proc_events import MAX_EVENTS_PER_DRAIN, ProcessEvents
 from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher
 
@@ -195,3 +195,21 @@ def test_a_followed_process_is_let_go_when_forgotten():
         assert watcher.take_gone() == []  # let go: its exit is nobody's news
     finally:
         watcher.close()
+
+
+def test_a_flood_of_events_never_holds_a_cycle(events, monkeypatch):
+    """Events come faster than they are read (any user can fork and exec in a loop): one
+    drain reads a bounded number, then says "look at every process"."""
+    if events is None:
+        pytest.skip("no process events here")
+    reads = []
+
+    def endless(buffer, size, flags):
+        reads.append(1)
+        return 16  # a message too short to name a process: read on
+
+    monkeypatch.setattr(events, "_socket", type("S", (), {"recv_into": staticmethod(endless),
+                                                          "close": lambda self: None})())
+    monkeypatch.setattr(events, "_poller", type("P", (), {"poll": lambda self, t: [(0, 1)]})())
+    assert events.drain() is None
+    assert len(reads) == MAX_EVENTS_PER_DRAIN

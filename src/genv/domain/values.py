@@ -97,6 +97,8 @@ def value(cls: type[T]) -> type[T]:
                 delattr(cls, name)
             else:
                 setattr(cls, name, default)
+        if default.__class__ in (list, dict, set):
+            raise ValueError(f"mutable default for field {name!r}: use default_factory")
         if default is MISSING and defaults and defaults[-1] is not MISSING:
             raise TypeError(f"non-default argument {name!r} follows default argument")
         names.append(name)
@@ -116,8 +118,15 @@ def value(cls: type[T]) -> type[T]:
         "__delattr__": _delattr,
     }
     for name, attribute in attributes.items():
+        if name in _OWN_KEPT and name in cls.__dict__:
+            continue  # written by the class itself: kept, as dataclasses keep it
         setattr(cls, name, attribute)
     return cls
+
+
+# Methods a class may write itself (dataclasses keep an explicit __init__, __repr__, __eq__
+# and, for a frozen class, __hash__); assignment stays refused whatever the class says.
+_OWN_KEPT = frozenset({"__init__", "__repr__", "__eq__", "__hash__"})
 
 
 def replace(obj: T, /, **changes: Any) -> T:

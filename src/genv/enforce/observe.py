@@ -81,8 +81,14 @@ class Observer:
         tell).
         """
         stale = self.inspector.begin()
-        gpus = self.backend.snapshot(processes=True)
-        state = self.store.read()
+        try:
+            gpus = self.backend.snapshot(processes=True)
+            state = self.store.read()
+        except BaseException:
+            # begin() has forgotten what may have changed (exits, execs, uid changes); the
+            # next cycle starts over rather than take last cycle's observation for current.
+            self._last = None
+            raise
         last = self._last
         if last is not None and state is not last[2] and state == last[2]:
             state = last[2]  # equal: keep one object, so that callers can tell
@@ -139,6 +145,9 @@ class Observer:
                 new = current[key]
                 self._usage.setdefault(new.pid, []).append(new)
                 affected.add(new.pid)
+                # A new GPU entry may be a new process under an old pid (one that exited
+                # after begin() looked): facts kept for the pid count only for its start.
+                self.inspector.recheck(new.pid)
             self._gpu = current
             self._gpu_processes = gpus.processes
         removed: list[ObservedProcess] = []

@@ -13,12 +13,15 @@ first, so that a pending set-up never runs after, and undoes, its own.
 
 from __future__ import annotations
 
+import _thread  # (threading would cost every quick command its import)
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable
 
 _pending: list[Callable[[], None]] = []
+_settling = _thread.RLock()  # two threads logging first at once: one runs the set-ups
 
 
 def logger(name: str) -> logging.Logger:
@@ -34,8 +37,9 @@ def when_used(setup: Callable[[], None]) -> None:
 
 def settle() -> None:
     """Run the set-ups still pending now (before configuring logging in another way)."""
-    while _pending:
-        _pending.pop(0)()
+    with _settling:
+        while _pending:
+            _pending.pop(0)()
 
 
 class _Logger:

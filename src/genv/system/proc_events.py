@@ -42,6 +42,7 @@ SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20  # events of a burst of execs, between two cycles
 PROBE_UID = 65534  # nobody: what the probe child becomes (it only exits)
 PROBE_TIMEOUT_S = 1.0
+MAX_EVENTS_PER_DRAIN = 4096  # a few milliseconds of reading
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
@@ -60,6 +61,7 @@ class ProcessEvents:
         # where nothing happened costs one poll, not a receive that fails.
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN)
+        self._failed = False  # the socket failed once: events are not trusted again
 
     @classmethod
     def open(cls) -> ProcessEvents | None:
@@ -89,12 +91,14 @@ class ProcessEvents:
         """The processes (thread group ids) that ran another program or changed a uid since
         the last call; None when some events may have been lost (look at every process)."""
         changed: set[int] = set()
-        if not self._poller.poll(0):
-            return changed
+        if self._failed or not self._poller.poll(0):
+            return None if self._failed else changed
         lost = False
         receive = self._socket.recv_into
         buffer = self._buffer
-        while True:
+        # Any user can make events (fork, exec, prctl in a loop): at most this many are read
+        # a cycle, then every GPU process is looked at instead; the cycle is never held up.
+        for _ in range(MAX_EVENTS_PER_DRAIN):
             try:
                 size = receive(buffer, _MESSAGE, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -105,11 +109,18 @@ class ProcessEvents:
                 if error.errno == errno.ENOBUFS:
                     lost = True  # the kernel dropped events: what they said is unknown
                     continue
-                log.warning("process events failed (%s): every GPU process is checked", error)
+                log.warning(
+                    "process events failed (%s): from now on every GPU process is checked "
+                    "each cycle",
+                    error,
+                )
+                self._failed = True
                 return None
             found = _changed_process(buffer, size)
             if found is not None:
                 changed.add(found)
+        else:
+            lost = True  # more were coming than a cycle reads
         return None if lost else changed
 
     def _prove(self) -> bool:

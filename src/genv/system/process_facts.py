@@ -112,6 +112,13 @@ class ProcessInspector:
         self._cache[pid] = facts
         return facts
 
+    def recheck(self, pid: int) -> None:
+        """Forget the facts kept for ``pid`` unless it is still the process they were read
+        from (its start): for a pid seen anew, between two ``begin``."""
+        cached = self._cache.get(pid)
+        if cached is not None and procfs.start_of(pid) != cached.start:
+            self._drop(pid)
+
     def known(self, pid: int) -> bool:
         """Whether the facts of ``pid`` are kept (``facts`` would read nothing)."""
         return pid in self._cache
