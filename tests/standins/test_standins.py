@@ -31,7 +31,15 @@ STANDINS = ROOT / "standins"
 NVIDIA_SMI = STANDINS / "nvidia-smi"  # the launcher: builds standins/build/nvidia-smi
 BUILD = STANDINS / "build.sh"
 BUILD_NVML = STANDINS / "build-nvml.sh"
-PEER_SHIM = Path("/opt/genv-peer/lib/python3.11/site-packages/genv/shims/nvidia-smi")
+# genv 1.4.3's shim, from the peer tests/compat/peers.py installs (or an older /opt/genv-peer)
+PEER_SHIM = next(
+    (
+        found
+        for venv in (ROOT / ".peer" / "genv-1.4.3", Path("/opt/genv-peer"))
+        for found in sorted(venv.glob("lib/python3*/site-packages/genv/shims/nvidia-smi"))
+    ),
+    Path("/nonexistent/genv-1.4.3/shims/nvidia-smi"),
+)
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
