@@ -185,25 +185,7 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int, shown: str
     # os.urandom(6).hex() is secrets.token_hex(6), without importing secrets (and hashlib)
     temporary = f".{name}.{os.urandom(6).hex()}.tmp"
     try:
-        fd = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            FILE_MODE,
-            dir_fd=dir_fd,
-        )
-    except OSError as error:
-        raise StateError(_write_failure(shown, error)) from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fchmod(fd, FILE_MODE)
-            if os.geteuid() == 0 and owner_uid != 0:
-                os.fchown(fd, owner_uid, -1)
-        finally:
-            os.close(fd)
+        _new_file(dir_fd, temporary, data, FILE_MODE, owner_uid)
         os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as error:
         with contextlib.suppress(OSError):
@@ -213,6 +195,28 @@ def write_atomic(dir_fd: int, name: str, data: bytes, owner_uid: int, shown: str
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise
+
+
+def _new_file(dir_fd: int, name: str, data: bytes, mode: int, owner_uid: int) -> None:
+    """Create ``name`` (never an existing one, never through a link) holding ``data``, with
+    ``mode`` and, when root writes it, owned by ``owner_uid``. OSError as the system says;
+    what was created is left for the caller to remove."""
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        mode,
+        dir_fd=dir_fd,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0 and owner_uid != 0:
+            os.fchown(fd, owner_uid, -1)
+    finally:
+        os.close(fd)
 
 
 def _write_failure(shown: str, error: OSError) -> str:
@@ -261,21 +265,7 @@ def install_rightful(dir_fd: int, name: str, data: bytes, owner_uid: int, mode: 
     True when done."""
     temporary = f".genv-new-{os.urandom(6).hex()}"
     try:
-        fd = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            mode,
-            dir_fd=dir_fd,
-        )
-    except OSError:
-        return False
-    try:
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)
-            os.fchown(fd, owner_uid, -1)
-        finally:
-            os.close(fd)
+        _new_file(dir_fd, temporary, data, mode, owner_uid)
         for _ in range(3):
             try:
                 os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -288,6 +278,8 @@ def install_rightful(dir_fd: int, name: str, data: bytes, owner_uid: int, mode: 
                 ):
                     return False
                 clear_planted(dir_fd, name)  # a folder: out of the way first
+        return False
+    except OSError:
         return False
     finally:
         with contextlib.suppress(OSError):
