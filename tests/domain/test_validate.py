@@ -106,3 +106,14 @@ def test_safe_text_escapes_what_could_forge_a_line():
     assert validate.safe_text("plain text") == "plain text"
     assert validate.safe_text("a\nb\\c\u202e") == "a\\nb\\\\c\\u202e"
     assert validate.safe_text("x" * 10, limit=4) == "xxxx..."
+
+
+def test_refresh_interval_is_from_a_tenth_of_a_second_to_an_hour():
+    assert validate.refresh_interval("0.1") == 0.1
+    assert validate.refresh_interval("3600") == 3600.0
+    with pytest.raises(validate.InvalidValue, match="^--interval must be at least 0.1 seconds$"):
+        validate.refresh_interval("0.09")
+    with pytest.raises(validate.InvalidValue, match="more than the maximum of 3600"):
+        validate.refresh_interval("3600.5")
+    with pytest.raises(validate.InvalidValue, match="^-i must be at least 0.1 seconds$"):
+        validate.refresh_interval("0", "-i")

@@ -17,16 +17,6 @@ if TYPE_CHECKING:
 
 log = logs.logger("genv.metrics")
 
-MAX_INTERVAL = 3600.0
-
-
-def _interval(text: str) -> float:
-    value = validate.seconds(text, "--interval", MAX_INTERVAL)
-    if value < 0.1:
-        raise validate.InvalidValue("--interval must be at least 0.1 seconds")
-    return value
-
-
 def _port(text: str) -> int:
     if not text.strip().isdigit() or not 0 < int(text) < 65536:
         raise validate.InvalidValue(f"{validate.safe_text(text, 20)!r} is not a port (1-65535)")
@@ -65,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "-i",
         "--interval",
-        type=checked(_interval),
+        type=checked(validate.refresh_interval),
         default=10.0,
         metavar="SECONDS",
         help="seconds between collections (default: 10)",

@@ -15,13 +15,6 @@ if TYPE_CHECKING:
     from genv.top.app import Top
 
 
-def _interval(text: str) -> float:
-    value = validate.seconds(text, "--interval", 3600.0)
-    if value < 0.1:
-        raise validate.InvalidValue("--interval must be at least 0.1 seconds")
-    return value
-
-
 def _endpoint(text: str) -> str:
     from genv.metrics.scrape import endpoint
 
@@ -37,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "-i",
         "--interval",
-        type=checked(_interval),
+        type=checked(validate.refresh_interval),
         default=1.0,
         metavar="SECONDS",
         help="seconds between refreshes (default: 1)",

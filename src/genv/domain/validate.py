@@ -137,6 +137,18 @@ def seconds(value: object, what: str, maximum: float) -> float:
     return number
 
 
+MAX_REFRESH_SECONDS = 3600.0
+
+
+def refresh_interval(value: object, what: str = "--interval") -> float:
+    """Seconds between two refreshes of a view or collections of an exporter: at least 0.1
+    (faster is load, not information), at most an hour."""
+    number = seconds(value, what, MAX_REFRESH_SECONDS)
+    if number < 0.1:
+        raise InvalidValue(f"{what} must be at least 0.1 seconds")
+    return number
+
+
 def _integer(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise InvalidValue(f"the {what} must be a whole number")
