@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from genv.domain import constants
-from genv.domain.observation import Membership
 from genv.metrics.usage import (
     PROBLEM_KINDS,
     DeviceUsage,
@@ -23,7 +22,9 @@ from genv.metrics.usage import (
 from genv.remote.wire import (
     UID_MAX,
     WireError,
+    environment_key,
     items,
+    membership_of,
     number,
     optional_text,
     optional_whole,
@@ -148,14 +149,8 @@ def _environment(item: Any) -> EnvironmentUsage:
 
 def _process(item: Any) -> ProcessUsage:
     pid, uid, user, name, membership, env, memory = items(item, 7)
-    try:
-        kind = Membership(membership)
-    except ValueError:
-        raise WireError(f"{membership!r:.40} is no membership") from None
-    key = None
-    if env is not None:
-        owner, eid = items(env, 2)
-        key = (whole(owner, 0, UID_MAX), text(eid, constants.MAX_ID_LENGTH))
+    kind = membership_of(membership)
+    key = None if env is None else environment_key(env)
     return ProcessUsage(
         pid=whole(pid, 1, constants.PID_MAX),
         uid=optional_whole(uid, 0, UID_MAX),

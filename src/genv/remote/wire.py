@@ -148,6 +148,19 @@ whole, optional_whole, number = _int, _opt_int, _float
 text, optional_text, items = _text, _opt_text, _list
 
 
+def membership_of(value: Any) -> Membership:
+    try:
+        return Membership(value)
+    except ValueError:
+        raise WireError(f"{value!r:.40} is no membership") from None
+
+
+def environment_key(value: Any) -> tuple[int, str]:
+    """An environment's (owner uid, id), as a host sends it."""
+    owner, eid = _list(value, 2)
+    return _int(owner, 0, UID_MAX), _text(eid, constants.MAX_ID_LENGTH)
+
+
 def decode_environment(item: Any) -> Environment:
     eid, uid, user, creation, name, gpus, gpu_memory, procs, kernels = _list(item, 9)
     return Environment(
@@ -203,14 +216,10 @@ def decode_observation(body: dict[str, Any]) -> Observation:
             environ_readable=readable is True,
             exe=_opt_text(exe),
         )
-        try:
-            kind = Membership(membership)
-        except ValueError:
-            raise WireError(f"{membership!r:.40} is no membership") from None
+        kind = membership_of(membership)
         env = None
         if env_key is not None:
-            owner, eid = _list(env_key, 2)
-            env = by_key.get((_int(owner, 0, UID_MAX), _text(eid, constants.MAX_ID_LENGTH)))
+            env = by_key.get(environment_key(env_key))
             if env is None:
                 raise WireError("a process belongs to an environment the host did not list")
         if kind is Membership.IN_ENV and env is None:
