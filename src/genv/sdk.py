@@ -161,11 +161,11 @@ def activate(
     with Store() as store:
         view = environments.enter(store, eid, pid, changes, saved_config, attach, over_subscribe)
     saved = {name: os.environ.get(name) for name in session.VARIABLES}
-    _set(session.variables(eid, view.indices, view.env.config))
+    session.apply(session.variables(eid, view.indices, view.env.config))
     try:
         yield eid
     finally:
-        _set(saved)
+        session.apply(saved)
         with Store() as store:
             environments.unregister(store, pid=pid)
 
@@ -194,7 +194,7 @@ def load_configuration() -> Env.Config:
     folder = home()
     if folder is not None:
         config.load(folder)
-    _set(_config_variables(config.frozen()))
+    session.apply(_config_variables(config.frozen()))
     return config
 
 
@@ -304,18 +304,10 @@ def _refresh(store: Store, current: str) -> list[int]:
     view = environments.find(store, current)
     values = session.variables(current, view.indices, view.env.config)
     values.pop(session.ENVIRONMENT_ID)
-    _set(values)
+    session.apply(values)
     return view.indices
 
 
 def _config_variables(config: EnvConfig) -> dict[str, str | None]:
     values = session.variables("", [], config)
     return {k: v for k, v in values.items() if k in session.VARIABLES[2:]}
-
-
-def _set(values: dict[str, str | None]) -> None:
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

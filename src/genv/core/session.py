@@ -63,6 +63,16 @@ def variables(eid: str, indices: Sequence[int], config: EnvConfig) -> dict[str, 
     }
 
 
+def apply(values: Mapping[str, str | None]) -> None:
+    """Set ``values`` in this process's environment (``variables`` of an environment, or
+    what was there before); None removes the variable."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def field_key(field: str) -> str:
     """``gpu-memory`` (command line, file name) -> ``gpu_memory`` (EnvConfig, the store)."""
     return field.replace("-", "_")

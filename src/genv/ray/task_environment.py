@@ -134,7 +134,7 @@ class TaskEnvironment:
                 raise
         variables = session.variables(self.spec.eid, indices, view.env.config)
         self._saved = {name: os.environ.get(name) for name in variables}
-        _set(variables)
+        session.apply(variables)
         return indices
 
     def leave(self) -> None:
@@ -144,17 +144,9 @@ class TaskEnvironment:
             saved, self._saved = self._saved, None
         if saved is None:
             return
-        _set(saved)
+        session.apply(saved)
         with Store() as store:
             environments.unregister(store, pid=self.pid)
-
-
-def _set(values: dict[str, str | None]) -> None:
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 # -- what runs in the worker ----------------------------------------------------------------
