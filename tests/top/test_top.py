@@ -124,3 +124,21 @@ def test_anyone_may_run_it(users, machine, run_genv):
     bob_process = next(line for line in lines if f"pid {machine['bob'].pid}" in line)
     assert "env unknown" in bob_process
     assert any(line.strip().startswith(bob.name) for line in lines)
+
+
+def test_names_that_look_like_markup_are_shown_as_they_are():
+    """A process or environment may be called anything: rich must not read it as markup
+    (``[/x]`` would crash everyone's genv top, ``[link=...]`` would plant a link)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from genv.top.render import _add_row
+
+    table = Table()
+    for _ in range(2):
+        table.add_column("c")
+    _add_row(table, "[/x]", "[link=http://evil]sudo[/link]")
+    console = Console(record=True, width=80)
+    console.print(table)
+    shown = console.export_text()
+    assert "[/x]" in shown and "[link=http://evil]sudo[/link]" in shown

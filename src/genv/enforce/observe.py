@@ -227,35 +227,6 @@ def _remove(entries: list[GpuProcess], gone: GpuProcess) -> None:
             return
 
 
-def build_observation(
-    gpus: GpuSnapshot, state: State, inspector: ProcessInspector | None = None
-) -> Observation:
-    """The snapshot of ``gpus`` and ``state``, from scratch (one-shot callers)."""
-    environments = owned_by_name(state.environments)
-    by_eid = index_by_eid(environments)
-    usage: dict[int, list[GpuProcess]] = {}
-    for process in gpus.processes:
-        usage.setdefault(process.pid, []).append(process)
-    inspector = inspector or ProcessInspector()
-    observed = []
-    for pid in sorted(usage):
-        facts = inspector.facts(pid)
-        if facts is None:
-            continue  # exited since the GPU was read
-        membership, env, note = resolve(
-            facts, by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids
-        )
-        used = tuple(Usage(p.device_index, p.used_memory) for p in sorted(usage[pid], key=_DEVICE))
-        observed.append(ObservedProcess(facts, used, membership, env, note))
-    return Observation(
-        devices=gpus.devices,
-        processes=tuple(observed),
-        environments=environments,
-        attachments=state.attachments,
-        unusable_uids=state.unusable_uids,
-    )
-
-
 def owned_by_name(environments: Iterable[Environment]) -> tuple[Environment, ...]:
     """The environments with their owner's name as the system knows it.
 

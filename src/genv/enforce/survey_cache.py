@@ -33,13 +33,8 @@ _EnvKey = tuple[int, str]
 _Group = tuple[str, object]  # ("env", (uid, eid)) or ("pid", pid)
 _Sorted = list[tuple[tuple[int, ...], Finding]]  # findings with their place in survey's order
 
-_RULE_PLACE = {
-    rules.NON_ENV_PROCESSES: 0,
-    rules.ENV_DEVICES: 1,
-    rules.ENV_MEMORY: 2,
-    rules.MAX_DEVICES_PER_USER: 3,
-    rules.MAX_MEMORY_PER_USER: 4,
-}
+# Each rule's place in survey's order (the first part of a finding's sort key).
+_NON_ENV, _DEVICES, _MEMORY, _USER_DEVICES, _USER_MEMORY = range(5)
 
 
 def _group_of(process: ObservedProcess) -> _Group:
@@ -225,7 +220,15 @@ class SurveyCache:
             if config.non_env_processes:
                 part = Observation(snapshot.devices, visible, (), (), snapshot.unusable_uids)
                 for finding in rules.non_env_processes(part, config):
-                    found.append(((0, finding.terminations[0].process.pid), finding))
+                    found.append(
+                        (
+                            (
+                                _NON_ENV,
+                                finding.terminations[0].process.pid,
+                            ),
+                            finding,
+                        )
+                    )
         else:
             assert isinstance(key, tuple)
             envs = self._envs.get(key, [])
@@ -235,14 +238,19 @@ class SurveyCache:
                     snapshot.devices, visible, tuple(envs), attachments, snapshot.unusable_uids
                 )
                 for finding in rules.env_devices(part, config):
-                    found.append(((1, finding.terminations[0].process.pid), finding))
+                    found.append(
+                        (
+                            (_DEVICES, finding.terminations[0].process.pid),
+                            finding,
+                        )
+                    )
             if config.env_memory:
                 for env in envs:
                     part = Observation(
                         snapshot.devices, visible, (env,), attachments, snapshot.unusable_uids
                     )
                     for number, finding in enumerate(rules.env_memory(part, config)):
-                        found.append(((2, self._place[id(env)], number), finding))
+                        found.append(((_MEMORY, self._place[id(env)], number), finding))
         if found:
             self._found[group] = found
 
@@ -270,13 +278,13 @@ class SurveyCache:
                 for number, finding in enumerate(
                     rules.max_devices_per_user(part, config, busy=busy)
                 ):
-                    found.append(((3, uid, number), finding))
+                    found.append(((_USER_DEVICES, uid, number), finding))
         if (config.max_memory_per_user is not None or config.max_memory_for_user) and own:
             part = Observation(
                 snapshot.devices, self._visible(own.values()), (), (), snapshot.unusable_uids
             )
             for number, finding in enumerate(rules.max_memory_per_user(part, config)):
-                found.append(((4, uid, number), finding))
+                found.append(((_USER_MEMORY, uid, number), finding))
         if found:
             self._user_found[uid] = found
 

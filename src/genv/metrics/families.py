@@ -162,8 +162,6 @@ PROCESS_SERIES_OMITTED = Spec(
 )
 HOST_UP = Spec("genv_host_up", "1 when the host answered the last collection (clusters only)")
 
-PER_PROCESS = (PROCESS_DEVICES, PROCESS_MEMORY)
-
 
 class _Family:
     """A gauge being built; samples with the same labels are added up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -67,11 +68,18 @@ def fetch(url: str, timeout: float = 2.0) -> EnforcerStatus:
         return EnforcerStatus(url, error=f"{url} does not serve Prometheus metrics: {error}")
 
 
+SANE_VALUE = 2.0**34
+
+
 def parse(url: str, text: str) -> EnforcerStatus:
     samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[sample.name].append((dict(sample.labels), float(sample.value)))
+            value = float(sample.value)
+            # Whoever listens on the port says what they like: only values a daemon could
+            # mean are kept (no infinities, no times past the year 2514).
+            if math.isfinite(value) and abs(value) < SANE_VALUE:
+                samples[sample.name].append((dict(sample.labels), value))
     if not any(name.startswith("genv_enforce_") for name in samples):
         raise ValueError("no genv_enforce_ metrics")
     counts: dict[tuple[str, str, str], int] = {}

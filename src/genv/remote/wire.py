@@ -248,11 +248,6 @@ class HostFacts:
     boot_time: float  # wall clock at boot, seconds since the epoch
     clock_ticks: int
 
-    def epoch_of(self, start: int) -> float:
-        """Wall-clock seconds at which a process with this start began: the one order in
-        which processes of different hosts can be put (newest first)."""
-        return self.boot_time + start / self.clock_ticks
-
 
 def decode_host_facts(body: dict[str, Any]) -> HostFacts:
     protocol = body.get("protocol")

@@ -70,7 +70,8 @@ def devices_table(usage: HostUsage) -> Table:
     ):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for device in usage.devices:
-        table.add_row(
+        _add_row(
+            table,
             str(device.index),
             safe_text(device.name, 24),
             memory_bar(device),
@@ -82,6 +83,13 @@ def devices_table(usage: HostUsage) -> Table:
             "-" if device.temperature is None else f"{device.temperature}C",
         )
     return table
+
+
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """A row whose text cells are shown as they are: names come from users and processes,
+    and rich would read ``[...]`` in them as markup (a crash, or a link in the viewer's
+    terminal)."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
 
 
 def users_table(usage: HostUsage, options: ViewOptions) -> Table:
@@ -98,7 +106,8 @@ def users_table(usage: HostUsage, options: ViewOptions) -> Table:
     for row in rows:
         user = row.user
         problem = f" (state file {user.state_problem})" if user.state_problem else ""
-        table.add_row(
+        _add_row(
+            table,
             Text(safe_text(user.username, 32) + problem, style="bold"),
             f"{user.environments} env(s)",
             f"{user.attached_devices} attached, {user.devices_in_use} in use",
@@ -110,7 +119,8 @@ def users_table(usage: HostUsage, options: ViewOptions) -> Table:
             memory = Text(f"{size(env.used_memory)} / {size(env.capacity_memory)}")
             if over_capacity(env):
                 memory = Text("over! ", style="bold red") + memory
-            table.add_row(
+            _add_row(
+                table,
                 "  " + safe_text(env.eid, 30),
                 safe_text(env.name or "", 20),
                 ",".join(str(i) for i in env.devices) or "-",
@@ -118,7 +128,8 @@ def users_table(usage: HostUsage, options: ViewOptions) -> Table:
                 _pids(env_row.processes),
             )
         for process in row.outside:
-            table.add_row(
+            _add_row(
+                table,
                 Text(f"  pid {process.pid}", style="yellow"),
                 safe_text(process.name, 20),
                 ",".join(str(i) for i in process.devices),
@@ -126,7 +137,8 @@ def users_table(usage: HostUsage, options: ViewOptions) -> Table:
                 where(process),
             )
     for process in unowned(usage):
-        table.add_row(
+        _add_row(
+            table,
             Text(f"pid {process.pid}", style="yellow"),
             safe_text(process.name, 20),
             ",".join(str(i) for i in process.devices),
@@ -135,7 +147,9 @@ def users_table(usage: HostUsage, options: ViewOptions) -> Table:
         )
     if not rows:
         shown = f" of user {options.user}" if options.user else ""
-        table.add_row(Text(f"no environments or GPU processes{shown}", style="dim"), "", "", "", "")
+        _add_row(
+            table, Text(f"no environments or GPU processes{shown}", style="dim"), "", "", "", ""
+        )
     return table
 
 
@@ -155,9 +169,11 @@ def _pids(processes: tuple[ProcessUsage, ...]) -> str:
 def enforcer_panel(status: EnforcerStatus, now: float) -> RenderableType:
     title = Text("Enforcer ", style="bold") + Text(status.url, style="dim")
     if status.error is not None:
-        return Group(title, Text("  " + status.error, style="yellow"))
+        return Group(title, Text("  " + safe_text(status.error, 200), style="yellow"))
     violations = ", ".join(
-        f"{rule} {count}" for rule, count in sorted(status.violations.items()) if count
+        f"{safe_text(rule, 40)} {count}"
+        for rule, count in sorted(status.violations.items())
+        if count
     )
     lines = [
         title,
@@ -174,7 +190,8 @@ def enforcer_panel(status: EnforcerStatus, now: float) -> RenderableType:
         lines.append(
             Text(
                 f"  {time.strftime('%H:%M:%S', time.localtime(action.time))}  "
-                f"{action.action:<9} {action.rule:<21} {safe_text(action.user, 24):<16} "
+                f"{safe_text(action.action, 16):<9} {safe_text(action.rule, 40):<21} "
+                f"{safe_text(action.user, 24):<16} "
                 f"x{action.count}"
             )
         )
