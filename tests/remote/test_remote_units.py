@@ -97,6 +97,8 @@ def test_an_observation_goes_over_the_wire_unchanged():
     lambda body: body["processes"][0].__setitem__(9, "belongs"),  # no membership
     lambda body: body["devices"].__setitem__(0, [0, "x"]),  # too short
     lambda body: body.__setitem__("environments", {"e1": 1}),  # not a list
+    lambda body: body["processes"][0][8].__setitem__(0, [3, 1 << 30]),  # an unlisted device
+    lambda body: body["processes"][0][8].__setitem__(0, [0, 2**63]),  # more than it has
 ])
 def test_a_host_that_sends_nonsense_is_refused(change):
     body = wire.encode_observation(_observation())
@@ -112,3 +114,11 @@ def test_lines_and_numbers_have_limits():
         wire.loads(b'{"a": NaN}')
     with pytest.raises(wire.WireError):
         wire.loads(b"{" * 100000)
+
+
+def test_a_boot_time_no_clock_can_have_is_refused():
+    hello = {"protocol": wire.PROTOCOL, "hostname": "h", "boot_time": 1.7e9}
+    assert wire.decode_host_facts(hello).boot_time == 1.7e9
+    for impossible in (1e308, -1.0):  # (1e308 made every start time of the host infinite)
+        with pytest.raises(wire.WireError):
+            wire.decode_host_facts({**hello, "boot_time": impossible})

@@ -29,3 +29,6 @@ MAX_MEMORY = 2**60  # an exbibyte: more than any device
 LEGACY_STATE_FILES = ("envs.json", "devices.json")
 LEGACY_MARKER = ".genv-1.4.3-taken-over"  # root's: 1.4.3's state was taken over (or none)
 DEFAULT_STATE_DIR = "/var/tmp/genv"
+
+# Times (seconds since the epoch) past this are not real: the year 2514, small enough to print.
+MAX_TIME = 2.0**34

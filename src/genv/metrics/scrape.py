@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from genv.domain import constants
+
 MAX_PAGE_BYTES = 8 * 1024 * 1024
 ACTION_COUNTERS = {
     "terminate": "genv_enforce_terminations_total",
@@ -68,7 +70,7 @@ def fetch(url: str, timeout: float = 2.0) -> EnforcerStatus:
         return EnforcerStatus(url, error=f"{url} does not serve Prometheus metrics: {error}")
 
 
-SANE_VALUE = 2.0**34
+SANE_VALUE = constants.MAX_TIME  # (counts too: no daemon counts that far)
 
 
 def parse(url: str, text: str) -> EnforcerStatus:

@@ -199,6 +199,8 @@ def decode_device(item: Any) -> Device:
 
 
 def decode_observation(body: dict[str, Any]) -> Observation:
+    devices = tuple(decode_device(d) for d in _list(body.get("devices")))
+    totals = {device.index: device.total_memory for device in devices}
     environments = tuple(decode_environment(e) for e in _list(body.get("environments")))
     by_key = {env.key: env for env in environments}
     processes = []
@@ -224,18 +226,26 @@ def decode_observation(body: dict[str, Any]) -> Observation:
                 raise WireError("a process belongs to an environment the host did not list")
         if kind is Membership.IN_ENV and env is None:
             raise WireError("a process in an environment names none")
-        used = tuple(
-            Usage(_int(u[0], 0, 1 << 20), _opt_int(u[1]))
-            for u in (_list(entry, 2) for entry in _list(usage))
-        )
+        used = tuple(_usage(entry, totals) for entry in _list(usage))
         processes.append(ObservedProcess(facts, used, kind, env, _text(note)))
     return Observation(
-        devices=tuple(decode_device(d) for d in _list(body.get("devices"))),
+        devices=devices,
         processes=tuple(processes),
         environments=environments,
         attachments=tuple(decode_attachment(a) for a in _list(body.get("attachments"))),
         unusable_uids=frozenset(_int(u, 0, UID_MAX) for u in _list(body.get("unusable_uids"))),
     )
+
+
+def _usage(entry: Any, totals: dict[int, int]) -> Usage:
+    """Memory a process holds on one of the host's own devices, at most all of it: a host
+    cannot make a user's usage on it outweigh the other hosts' (and get their processes
+    terminated) with memory its GPUs do not have."""
+    index, used = _list(entry, 2)
+    index = _int(index, 0, 1 << 20)
+    if index not in totals:
+        raise WireError(f"a process uses device {index}, which the host did not list")
+    return Usage(index, _opt_int(used, 0, max(totals[index], 0)))
 
 
 @dataclass(frozen=True)
@@ -257,9 +267,18 @@ def decode_host_facts(body: dict[str, Any]) -> HostFacts:
         hostname=_text(body.get("hostname", ""), 256),
         version=_text(body.get("genv", ""), 64),
         boot_id=_text(body.get("boot_id", ""), 64),
-        boot_time=_float(body.get("boot_time", 0.0)),
+        boot_time=_boot_time(body.get("boot_time", 0.0)),
         clock_ticks=_int(body.get("clock_ticks", 100), 1, 1 << 20),
     )
+
+
+def _boot_time(value: Any) -> float:
+    """Wall-clock seconds at the host's boot: from the epoch to the year 2514 (a value past
+    that would make every start time of that host infinite)."""
+    seconds = _float(value)
+    if not 0 <= seconds < constants.MAX_TIME:
+        raise WireError(f"{value!r:.40} is not a boot time")
+    return seconds
 
 
 @dataclass(frozen=True)

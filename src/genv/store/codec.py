@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from genv.domain import validate
 from genv.domain.constants import MAX_START
+from genv.domain.constants import MAX_TIME as MAX_TIME
 from genv.domain.models import (
     Attachment,
     EnvConfig,
@@ -43,7 +44,7 @@ MAX_KERNELS_PER_FILE = 256
 MAX_ATTACHMENTS = 4096
 MAX_REVOCATIONS = 65536
 MAX_HOLDINGS = 65536
-MAX_TIME = 2.0**34  # the year 2514: later than any real time, small enough to print
+
 _MAX_NUMBER_TEXT = 24
 
 LegacyStart = Callable[[int, float], "int | None"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from genv.domain import validate
+from genv.domain import constants, validate
 from genv.domain.models import EnvConfig
 from genv.store import safefs
 from genv.store.codec import RecordError
@@ -284,4 +284,4 @@ def _time(value: Any) -> float | None:
         when = datetime.strptime(value, TIME_FORMAT).timestamp()
     except (ValueError, OverflowError, OSError):
         return None
-    return when if 0 <= when < 2.0**34 else None
+    return when if 0 <= when < constants.MAX_TIME else None
