@@ -258,3 +258,15 @@ def test_any_document_decodes_or_is_bad(data: dict) -> None:
 def test_any_bytes_decode_or_are_bad(raw: bytes) -> None:
     with contextlib.suppress(codec.RecordError):
         codec.decode(raw, UID, BOOT)
+
+
+def test_roots_file_has_room_for_every_users_holdings_and_revocations():
+    """Root's file says what every user holds and what was revoked from whom: one user's
+    1 MiB must not be able to make it too big to read (and so lose every revocation)."""
+    holdings = tuple(Attachment(i % 1024, f"e{'x' * 100}{i}", 1000 + i % 50, 1.5, None)
+                     for i in range(20000))
+    data = codec.encode(UserRecords(0, holdings=holdings, holdings_published=True), BOOT)
+    assert len(data) > codec.MAX_FILE_BYTES
+    assert codec.decode(data, 0, BOOT).holdings == holdings
+    with pytest.raises(codec.RecordError):
+        codec.decode(data, UID, BOOT)  # a user's file stays within its 1 MiB

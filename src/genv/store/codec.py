@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2
 MAX_FILE_BYTES = 1 << 20
+# Root's file also says which devices every user holds and what root revoked from whom
+# (up to MAX_HOLDINGS and MAX_REVOCATIONS entries of every user): room for all of them.
+MAX_ROOT_FILE_BYTES = 64 << 20
+
+
+def max_bytes(owner_uid: int) -> int:
+    """The largest file of ``owner_uid`` that is read (and so may be written)."""
+    return MAX_ROOT_FILE_BYTES if owner_uid == 0 else MAX_FILE_BYTES
+
+
 MAX_ENVIRONMENTS = 1024
 MAX_PROCESSES_PER_ENV = 1024
 MAX_KERNELS_PER_ENV = 64
@@ -82,7 +92,7 @@ def decode(
 
     Processes recorded under another boot than ``boot_id`` are gone, so they keep no start.
     """
-    document = parse_json(data, MAX_FILE_BYTES)
+    document = parse_json(data, max_bytes(owner_uid))
     try:
         return _decode_document(document, owner_uid, boot_id, legacy_start)
     except RecordError:

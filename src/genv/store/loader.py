@@ -253,7 +253,7 @@ class Loader:
             )
             return True
         try:
-            found = safefs.read_file(dir_fd, name, codec.MAX_FILE_BYTES)
+            found = safefs.read_file(dir_fd, name, codec.max_bytes(uid))
         except OverflowError as error:
             self._bad(loaded, path, uid, str(error))
             return True

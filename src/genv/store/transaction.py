@@ -292,7 +292,20 @@ class Transaction:
             holdings=tuple(self._holdings),
             holdings_published=self._published,
         )
-        self._store._write(self._dir_fd, self.uid, codec.encode(records, procfs.boot_id()))
+        if len(records.revocations) > codec.MAX_REVOCATIONS or len(records.holdings) > (
+            codec.MAX_HOLDINGS
+        ):
+            raise StateError(  # a file its readers would refuse: write none
+                f"nothing was changed: the records of uid {self.uid} would hold more "
+                f"revocations or holdings than genv reads back"
+            )
+        data = codec.encode(records, procfs.boot_id())
+        if len(data) > codec.max_bytes(self.uid):
+            raise StateError(
+                f"nothing was changed: the state file of uid {self.uid} would be larger than "
+                f"the {codec.max_bytes(self.uid)} bytes genv reads back"
+            )
+        self._store._write(self._dir_fd, self.uid, data)
         self._dirty = False
 
     def _live_revocations(self) -> list[Revocation]:
