@@ -96,6 +96,18 @@ def _open(dir_fd: int, name: str, path: Path) -> int | None:
     a file we may open was there and was removed."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
+        # Looked at before it is opened: opening another user's file for writing could
+        # fail on their terms (a program running, a lease) and keep the daemon from starting.
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise StateError(f"cannot look at {path}: {error.strerror}") from None
+    else:
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            _remove(dir_fd, name, path, info.st_uid)
+            return None
+    try:
         return os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         try:
@@ -105,8 +117,9 @@ def _open(dir_fd: int, name: str, path: Path) -> int | None:
         except OSError as error:
             raise StateError(f"cannot create {path}: {error.strerror}") from None
     except OSError as error:
-        if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EPERM):
-            # a link, a folder, a socket, a file we may not open: not ours
+        if error.errno in _NOT_OURS:
+            # a link, a folder, a socket, a file we may not open (swapped in since it was
+            # looked at): not ours
             try:
                 owner = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid
             except OSError:
@@ -114,6 +127,17 @@ def _open(dir_fd: int, name: str, path: Path) -> int | None:
             _remove(dir_fd, name, path, owner)
             return None
         raise StateError(f"cannot open {path}: {error.strerror}") from None
+
+
+_NOT_OURS = (
+    errno.ELOOP,
+    errno.EISDIR,
+    errno.ENXIO,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ETXTBSY,  # a program running
+    errno.EAGAIN,  # a lease (EWOULDBLOCK)
+)
 
 
 def _remove(dir_fd: int, name: str, path: Path, owner: int) -> None:
