@@ -91,3 +91,20 @@ def test_nothing_raises_whatever_the_bytes(tmp_path_factory, data: bytes) -> Non
         legacy.read(fd)
     finally:
         os.close(fd)
+
+
+def test_files_of_1_4_3_that_appear_after_root_opened_the_folder_never_count(tmp_path):
+    """A folder root opened with nothing of genv 1.4.3 in it is marked at once: an envs.json
+    a user writes later is not 1.4.3's state (it would make their processes "could not
+    tell", out of reach of every rule)."""
+    from genv.store import Store
+
+    if os.geteuid() != 0:
+        pytest.skip("root marks the folder")
+    root = tmp_path / "state"
+    with Store(root=root, caller_uid=0) as store:
+        store.read()
+    (root / "envs.json").write_text('{"envs": [{"eid": "x", "kernel_ids": ["k"]}]}')
+    with Store(root=root, caller_uid=0) as store:
+        assert not store.legacy_pending()
+        assert "x" not in store.read().legacy_eids

@@ -98,7 +98,9 @@ def _nothing_to_take_over(folder: str) -> None:
     from genv.store import Store
 
     with contextlib.suppress(GenvError, OSError):  # the command will say what is wrong
-        Store().mark_legacy_taken_over('{"taken_over": [], "note": "no state of genv 1.4.3"}\n')
+        from genv.store.legacy_files import NOTHING_TAKEN_OVER
+
+        Store().mark_legacy_taken_over(NOTHING_TAKEN_OVER)
 
 
 def before_command(command: str, argv: list[str]) -> None:

@@ -72,6 +72,9 @@ def _exists(dir_fd: int, name: str) -> bool:
     return True
 
 
+NOTHING_TAKEN_OVER = '{"taken_over": [], "note": "no state of genv 1.4.3"}\n'
+
+
 def mark(dir_fd: int, text: str, shown: str) -> None:
     """Write root's marker (replacing any planted one): 1.4.3's state was taken over."""
     try:

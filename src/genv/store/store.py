@@ -15,6 +15,7 @@ check again). Nothing a user can open can stall another user's command or the da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -133,7 +134,20 @@ class Store:
                 self._removed = False
                 self.loader = self._new_loader()
             self._dir_fd = safefs.ensure_state_dir(self.root)
+            if self._is_root():
+                self._mark_if_nothing_to_take_over(self._dir_fd)
         return self._dir_fd
+
+    def _mark_if_nothing_to_take_over(self, dir_fd: int) -> None:
+        """Root, opening a folder in which genv 1.4.3 has left nothing, says so at once: any
+        of its files that appear later were made by someone else, and must never count as
+        1.4.3's state (they would make a user's processes "could not tell")."""
+        if legacy_files.taken_over(dir_fd) or legacy_files.present(dir_fd):
+            return
+        with contextlib.suppress(StateError):  # (a full disk: the next opening tries again)
+            legacy_files.mark(
+                dir_fd, legacy_files.NOTHING_TAKEN_OVER, str(self.root / legacy_files.MARKER)
+            )
 
     def __enter__(self) -> Store:
         return self
