@@ -161,3 +161,22 @@ def test_a_violation_seen_again_in_the_next_cycles_is_acted_on_and_said_once():
         f"Killing process {victim.pid} from environment N/A, which did not exit within 5 "
         "seconds of SIGTERM",
     ]
+
+
+def test_attachments_to_missing_devices_are_one_line_per_user():
+    """A file may name thousands of devices that are not there: one line for its user."""
+    from genv.domain.models import Attachment, Device
+    from genv.domain.observation import Observation
+    from genv.enforce.daemon import _missing_devices
+
+    attachments = tuple(Attachment(d, f"e{d % 7}", 1000, 1.0) for d in range(2, 3000))
+    attachments += (Attachment(9, "a1", 1001, 1.0), Attachment(0, "b", 1002, 1.0))
+    snapshot = Observation((Device(0, "GPU-0", "", 1),), (), (), attachments)
+    problems = _missing_devices(snapshot, frozenset({0}))
+    assert len(problems) == 2
+    assert problems["device:1001"] == (
+        "environment a1 is attached to device 9, which is not present now")
+    assert problems["device:1000"].startswith(
+        "environments e0, e1, e2, e3, e4 (+2 more) of uid 1000")
+    assert problems["device:1000"].endswith(
+        "2, 3, 4, 5, 6 (+2993 more), which are not present now")

@@ -81,7 +81,8 @@ def test_tracker_follows_a_found_kernel_without_scanning_again(kernel, monkeypat
 
     scans = []
     original = kernels.kernel_processes
-    monkeypatch.setattr(kernels, "kernel_processes", lambda: scans.append(1) or original())
+    monkeypatch.setattr(kernels, "kernel_processes",
+                        lambda wanted: scans.append(1) or original(wanted))
     assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}
     assert scans == []  # followed by pid, no scan
 
@@ -99,3 +100,22 @@ def test_tracker_scans_for_an_id_it_never_looked_for(kernel):
     tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=Clock())
     assert tracker(ROOT, frozenset({"not-a-kernel"})) == set()
     assert tracker(ROOT, frozenset({"not-a-kernel", kernel_id})) == {kernel_id}
+
+
+def test_a_scan_keeps_only_the_kernel_ids_asked_for():
+    """A command line is anyone's to fill with made-up kernel ids: none is kept unless some
+    environment asks for it (no memory for a reader to lose to them)."""
+    import subprocess
+
+    made_up = [f"--f=/tmp/kernel-fake{n}.json" for n in range(50)]
+    child = subprocess.Popen(["sleep", "30", *made_up])
+    try:
+        from support import wait_cmdline
+
+        wait_cmdline(child.pid, "kernel-fake49.json")
+        found = kernels.kernel_processes({"fake7", "other"})
+        assert set(found) == {"fake7"}
+        assert [pid for pid, _, _ in found["fake7"]] == [child.pid]
+    finally:
+        child.kill()
+        child.wait()

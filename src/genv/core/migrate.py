@@ -102,7 +102,9 @@ def migrate(store: Store, devices: list[Device] | None = None) -> Outcome | None
     by_eid: dict[str, list[LegacyAttachment]] = defaultdict(list)
     for attachment in found.attachments:
         by_eid[attachment.eid].append(attachment)
-    kernel_procs = kernels.kernel_processes()
+    kernel_procs = kernels.kernel_processes(
+        {k for env in found.environments for k in env.kernel_ids}
+    )
     complete = True
     for env in found.environments:
         owner, pids, kernel_ids, reason = _owner(env, found, kernel_procs)

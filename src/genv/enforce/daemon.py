@@ -359,10 +359,29 @@ def _problems_of(
 
 
 def _missing_devices(snapshot: Observation, present: frozenset[int]) -> dict[str, str]:
-    return {
-        f"device:{a.device_index}:{a.eid}": (
-            f"environment {a.eid} is attached to device {a.device_index}, which is not present now"
+    """One line per user whose environments are attached to devices not present now (a
+    file can name thousands of devices: not thousands of lines)."""
+    by_uid: dict[int, list[Attachment]] = {}
+    for a in snapshot.attachments:
+        if a.device_index not in present:
+            by_uid.setdefault(a.uid, []).append(a)
+    problems = {}
+    for uid, found in by_uid.items():
+        eids = sorted({a.eid for a in found})
+        devices = sorted({a.device_index for a in found})
+        if len(eids) == 1 and len(devices) == 1:
+            line = f"environment {eids[0]} is attached to device {devices[0]}"
+        else:
+            line = (
+                f"environments {_some(eids)} of uid {uid} are attached to devices "
+                f"{_some([str(d) for d in devices])}"
+            )
+        problems[f"device:{uid}"] = (
+            f"{line}, which {'is' if len(devices) == 1 else 'are'} not present now"
         )
-        for a in snapshot.attachments
-        if a.device_index not in present
-    }
+    return problems
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

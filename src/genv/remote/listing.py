@@ -65,7 +65,9 @@ async def _fetch(cluster: Cluster, kind: str) -> list[tuple[Host, wire.Listing]]
         if isinstance(result, BaseException):
             raise result
         for problem in result.problems:
-            print(f"genv: warning: {host.name}: {problem}", file=sys.stderr)
+            print(
+                f"genv: warning: {host.name}: {validate.safe_text(problem, 400)}", file=sys.stderr
+            )
         answered.append((host, result))
     return answered
 

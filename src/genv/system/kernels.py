@@ -20,7 +20,7 @@ import re
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from genv.system import procfs
 
@@ -30,8 +30,10 @@ _KERNEL_FILE = re.compile(rb"kernel-([0-9A-Za-z_\-]{1,128})\.json")
 KernelProcesses = dict[str, list[tuple[int, int, int]]]
 
 
-def kernel_processes() -> KernelProcesses:
-    """Every process whose command line names a kernel connection file: one pass over /proc."""
+def kernel_processes(wanted: Collection[str]) -> KernelProcesses:
+    """Every process whose command line names the connection file of one of the ``wanted``
+    kernels: one pass over /proc. Only ids asked for are kept (a command line is anyone's to
+    fill with made-up ids)."""
     found: KernelProcesses = defaultdict(list)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -42,6 +44,7 @@ def kernel_processes() -> KernelProcesses:
         except OSError:
             continue
         ids = {match.group(1).decode() for match in _KERNEL_FILE.finditer(cmdline)}
+        ids.intersection_update(wanted)
         if not ids:
             continue
         pid = int(entry)
@@ -92,7 +95,7 @@ def running_kernels(owner: int, wanted: frozenset[str]) -> set[str]:
     """Which of ``wanted`` run as ``owner`` (or root): one scan, fine for a one-off command."""
     if owner != os.getuid() and procfs.hides_others():
         return set(wanted)  # another user's, under hidepid: cannot tell, so not "ended"
-    found = kernel_processes()
+    found = kernel_processes(wanted)
     running = {kernel for kernel in wanted if _owned(found.get(kernel, []), owner)}
     return running | {k for k in wanted - running if connection_file_kept(k, owner)}
 
@@ -131,8 +134,10 @@ class KernelTracker:
         missing = wanted - alive
         stale = self._clock() - self._last_scan >= self._rescan_after
         if missing and (missing - self._looked_for.get(owner, frozenset()) or stale):
-            self._known = kernel_processes()
             self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
+            self._known = kernel_processes(
+                set(self._known).union(*self._looked_for.values())  # every owner's, still
+            )
             self._last_scan = self._clock()
             alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
         missing = wanted - alive
