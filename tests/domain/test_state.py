@@ -123,3 +123,18 @@ def test_what_root_published_counts_for_users_whose_file_cannot_be_used():
 def test_holdings_are_not_part_of_what_the_state_is():
     held = (Attachment(0, "e1", ALICE, 5.0),)
     assert State(holdings=held, holdings_published=True) == State()
+
+
+def test_membership_tells_what_the_state_cannot():
+    """Every reader of a state (the daemon, the nvidia-smi shim, monitor and top) resolves a
+    process by this one call, with all the state cannot tell."""
+    from genv.domain.observation import Membership, ProcessFacts
+
+    def claiming(eid: str) -> ProcessFacts:
+        return ProcessFacts(42, 1, 1000, "alice", "python", eid)
+
+    mine = Environment("e1", 1000, "alice", 1.0)
+    state = State(environments=(mine,), legacy_eids=frozenset({"old"}))
+    assert state.membership(claiming("e1"), state.environments)[:2] == (Membership.IN_ENV, mine)
+    assert state.membership(claiming("old"), state.environments)[0] is Membership.UNKNOWN
+    assert state.membership(claiming("none"), state.environments)[0] is Membership.NO_ENV

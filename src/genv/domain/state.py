@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 
 from genv.domain.models import Attachment, Environment
+from genv.domain.observation import Membership, ProcessFacts, resolve
 from genv.domain.values import field, value
 
 
@@ -70,6 +72,15 @@ class State:
 
     def problem_of(self, uid: int) -> StateProblem | None:
         return next((p for p in self.problems if p.uid == uid), None)
+
+    def membership(
+        self,
+        facts: ProcessFacts,
+        environments: Mapping[str, Sequence[Environment]] | Sequence[Environment],
+    ) -> tuple[Membership, Environment | None, str]:
+        """``resolve`` (the one membership rule) with all this state cannot tell: whose
+        records are unusable or unknown, and genv 1.4.3's ids not taken over yet."""
+        return resolve(facts, environments, self.unusable_uids, self.unknown_uids, self.legacy_eids)
 
     # -- environments -----------------------------------------------------------------------
 

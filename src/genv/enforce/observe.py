@@ -13,7 +13,6 @@ from genv.domain.observation import (
     ObservedProcess,
     Usage,
     index_by_eid,
-    resolve,
 )
 from genv.domain.values import replace, value
 from genv.store import State, Store
@@ -199,9 +198,7 @@ class Observer:
         )
         if old is not None and old.facts is facts and old.usage == usage:
             return old
-        membership, env, note = resolve(
-            facts, self._by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids
-        )
+        membership, env, note = state.membership(facts, self._by_eid)
         return ObservedProcess(facts, usage, membership, env, note)
 
     def _snapshot(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from genv.domain.memory import MemoryFormatError, parse_memory
 from genv.domain.models import DeviceTelemetry, GpuSnapshot
-from genv.domain.observation import Membership, ProcessFacts, index_by_eid, resolve
+from genv.domain.observation import Membership, ProcessFacts, index_by_eid
 from genv.domain.state import State, StateProblem
 
 # The kinds of state-file problems (genv_state_problems{kind}).
@@ -175,7 +175,7 @@ def build_usage(
         seen = facts.get(pid)
         if seen is None:
             continue
-        membership, env, _ = resolve(seen, by_eid, state.unusable_uids, state.unknown_uids)
+        membership, env, _ = state.membership(seen, by_eid)
         processes.append(
             ProcessUsage(
                 pid=pid,

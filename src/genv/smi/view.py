@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from genv.core import environments
 from genv.domain.memory import parse_memory
 from genv.domain.models import Device
-from genv.domain.observation import Membership, index_by_eid, resolve
+from genv.domain.observation import Membership, index_by_eid
 from genv.store import Store
 from genv.system.process_facts import read_facts
 
@@ -69,7 +69,7 @@ def environment_view(eid: str) -> View:
         if process.pid not in verdicts:
             facts = read_facts(process.pid)
             membership, owner, _ = (
-                resolve(facts, by_eid, state.unusable_uids, state.unknown_uids, state.legacy_eids)
+                state.membership(facts, by_eid)
                 if facts is not None
                 else (Membership.UNKNOWN, None, "")
             )
