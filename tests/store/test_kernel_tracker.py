@@ -106,9 +106,10 @@ def test_a_scan_keeps_only_the_kernel_ids_asked_for():
     """A command line is anyone's to fill with made-up kernel ids: none is kept unless some
     environment asks for it (no memory for a reader to lose to them)."""
     import subprocess
+    import sys
 
     made_up = [f"--f=/tmp/kernel-fake{n}.json" for n in range(50)]
-    child = subprocess.Popen(["sleep", "30", *made_up])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *made_up])
     try:
         from support import wait_cmdline
 

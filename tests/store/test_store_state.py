@@ -110,7 +110,8 @@ def test_first_write_makes_the_folder_a_file_and_a_private_lock(state_dir: Path,
     [env] = store(state_dir).read().environments
     assert (env.eid, env.pids) == ("e1", (process.pid,))
     assert env.processes[0].start == procfs.start_of(process.pid)
-    assert sorted(os.listdir(state_dir)) == [".lock-0", "state-0.json"]
+    # (and root's word that genv 1.4.3 left nothing here: see test_legacy.py)
+    assert sorted(os.listdir(state_dir)) == [".genv-1.4.3-taken-over", ".lock-0", "state-0.json"]
 
 
 def test_root_writes_a_users_file_and_lock_owned_by_that_user(state_dir: Path, sleeper: Sleeper,

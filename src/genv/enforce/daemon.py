@@ -349,9 +349,9 @@ def _problems_of(
     problems.update(missing)
     if unknown is None:
         unknown = (p for p in snapshot.processes if p.membership is Membership.UNKNOWN)
+    hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
     for process in unknown:
         who = process.facts.username or "another user"
-        hint = "" if os.geteuid() == 0 else "; run genv enforce with sudo (permission)"
         problems[f"unknown:{process.pid}:{process.facts.start}"] = (
             f"process {process.pid} of {who} is left alone: {process.note}{hint}"
         )

@@ -270,12 +270,8 @@ def install_rightful(dir_fd: int, name: str, data: bytes, owner_uid: int, mode: 
             try:
                 os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 return True
-            except (IsADirectoryError, OSError) as error:
-                if not isinstance(error, IsADirectoryError) and error.errno not in (
-                    errno.EISDIR,
-                    errno.ENOTEMPTY,
-                    errno.EEXIST,
-                ):
+            except OSError as error:
+                if error.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
                     return False
                 clear_planted(dir_fd, name)  # a folder: out of the way first
         return False

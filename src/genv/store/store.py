@@ -48,10 +48,10 @@ log = logs.logger("genv.store")
 DEFAULT_STATE_DIR = safefs.DEFAULT_STATE_DIR
 OWN_LOCK_TIMEOUT = 30.0  # only the user's own commands can hold it
 OTHERS_LOCK_TIMEOUT = 2.0  # root acting for a user must not wait on that user for long
-LIVE_STATE_REUSE = 30.0
+LIVE_STATE_REUSE = 30.0  # seconds a reader with a watcher keeps an unchanged live state
 REPAIRS_PER_READ = 16
 LEGACY_LIVE_REUSE = 5.0
-LEGACY_PIDS = 4096  # seconds a reader with a watcher keeps an unchanged live state
+LEGACY_PIDS = 4096
 
 
 def _identity(dir_fd: int, name: str) -> tuple[int, int, int, int] | None:
@@ -319,7 +319,9 @@ class Store:
         if not self._is_root() or state.problem_of(0) is not None:
             return False  # (root's own file is unusable: that is said already)
         published = self.loader.last_good.get(0)  # root's own file, as last read
-        if self._published == (state, published):
+        if self._published is not None and (
+            self._published[0] is state and self._published[1] is published
+        ):
             return False  # what was found published for this very state, as read then
         unusable = state.unusable_uids
         held = [a for a in state.attachments if a.uid not in unusable]
