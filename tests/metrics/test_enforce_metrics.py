@@ -92,6 +92,49 @@ def test_the_sink_counts_the_daemons_events():
     assert value(page, "process_cpu_seconds_total") is not None
 
 
+def test_every_scrape_shows_what_happened_since_the_last_one():
+    """The series that change only when the daemon acts are rendered again only then: each
+    kind of change must reach the next scrape."""
+    now = [100.0]
+    metrics = EnforcementMetrics(clock=lambda: now[0])
+    quiet = CycleReport(1.0, 0.0003, acted=True, plan=Plan((), (), ()))
+    metrics.cycle(quiet)
+    page = metrics.page()
+    assert value(page, "genv_enforce_violations", rule="env-devices") == 0
+    assert value(page, "genv_enforce_cycles_total") == 1
+    assert value(page, "genv_enforce_cycle_duration_seconds_bucket", le="0.0005") == 1
+    assert value(page, "genv_enforce_cycle_duration_seconds_bucket", le="0.00025") == 0
+
+    metrics.cycle(
+        CycleReport(2.0, 0.02, acted=True, plan=Plan((Finding("env-devices", "x"),), (), ()))
+    )
+    page = metrics.page()
+    assert value(page, "genv_enforce_violations", rule="env-devices") == 1
+    assert value(page, "genv_enforce_cycles_total") == 2
+    assert value(page, "genv_enforce_cycle_duration_seconds_count") == 2
+    assert value(page, "genv_enforce_cycle_duration_seconds_bucket", le="0.025") == 2
+    assert value(page, "genv_enforce_cycle_duration_seconds_sum") == pytest.approx(0.0203)
+    assert value(page, "genv_enforce_last_cycle_timestamp_seconds") == pytest.approx(99.98)
+
+    victim = termination(10)
+    metrics.terminating(victim)
+    metrics.outcome(victim, Outcome.SIGNALLED)
+    assert value(metrics.page(), "genv_enforce_terminations_total", user="alice") == 1
+    metrics.killing(Kill(victim, Outcome.GONE, 10.0))
+    page = metrics.page()
+    assert value(page, "genv_enforce_signal_outcomes_total", signal="SIGKILL", outcome="gone") == 1
+    metrics.detaching(Detachment("e1", 1001, "alice", 0, "max-devices-per-user", "why"))
+    assert value(metrics.page(), "genv_enforce_detachments_total", user="alice") == 1
+    metrics.cycle(CycleReport(3.0, 0.001, acted=False, skipped="gpus"))
+    assert value(metrics.page(), "genv_enforce_cycle_errors_total", reason="observe") == 1
+    metrics.cycle(CycleReport(4.0, 0.001, acted=True, plan=quiet.plan))
+    assert value(metrics.page(), "genv_enforce_violations", rule="env-devices") == 0
+    metrics.cycle(CycleReport(5.0, 0.001, acted=True, plan=quiet.plan, hosts_not_answering=2))
+    page = metrics.page()  # the same plan: only the hosts changed
+    assert value(page, "genv_enforce_hosts_not_answering") == 2
+    assert value(page, "genv_enforce_cycle_duration_seconds_bucket", le="+Inf") == 5
+
+
 def test_a_failing_sink_never_stops_the_reporter(caplog):
     class Broken:
         def finding(self, finding: Finding) -> None:
@@ -165,8 +208,16 @@ def test_prometheus_counts_what_the_daemon_did(
     assert run_genv("devices", "attach", "--eid", "ea", "--index", "0", user=alice).rc == 0
     port = free_port()
     daemon = genv_popen(
-        "enforce", "--interval", "0.2", "--grace", "1", "--non-env-processes",
-        "--max-devices-for-user", f"{alice.name}=0", "--metrics-port", str(port),
+        "enforce",
+        "--interval",
+        "0.2",
+        "--grace",
+        "1",
+        "--non-env-processes",
+        "--max-devices-for-user",
+        f"{alice.name}=0",
+        "--metrics-port",
+        str(port),
     )
     wait_http(f"http://127.0.0.1:{port}/metrics", alive=lambda: daemon.poll() is None)
     prometheus.start({"genv-enforce": [f"127.0.0.1:{port}"]})
@@ -183,8 +234,11 @@ def test_prometheus_counts_what_the_daemon_did(
     # bob runs outside any environment: terminated; a process ignoring SIGTERM is killed
     outside = sleeper(user=bob)
     stubborn = subprocess.Popen(
-        [sys.executable, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-c", IGNORES_SIGTERM],
+        stdout=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "ready"
@@ -215,7 +269,7 @@ def test_prometheus_counts_what_the_daemon_did(
     assert value("genv_enforce_violations", rule="non-env-processes") is not None
     assert value("genv_enforce_cycle_duration_seconds_count") > 0
     assert value("time() - genv_enforce_last_cycle_timestamp_seconds") < 30
-    assert value('sum(genv_enforce_cycle_errors_total)') == 0
+    assert value("sum(genv_enforce_cycle_errors_total)") == 0
     assert value("genv_enforce_dry_run") == 0
 
     daemon.send_signal(signal.SIGTERM)

@@ -5,18 +5,29 @@ It sits beside the Reporter (genv.enforce.report.Reporters) and receives the sam
 ``cycle``. Each costs a few counter updates in the daemon's thread (a cycle whose plan did
 not change recounts nothing); the page is rendered in the HTTP server's thread from the
 counters alone, so a scrape never waits for a cycle and a cycle never waits for a scrape.
+What changes every cycle (the cycle's count, duration and time, the daemon's own CPU and
+memory) is kept in a registry of its own: the rest, which changes only when the daemon acts
+or finds something, is rendered again only then, so a scrape of a quiet daemon costs the
+few series that moved.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from genv import __version__
 from genv.enforce.executor import Kill, Outcome
@@ -36,25 +47,9 @@ from genv.metrics.usage import user_label
 RULES = (NON_ENV_PROCESSES, ENV_DEVICES, ENV_MEMORY, MAX_DEVICES_PER_USER, MAX_MEMORY_PER_USER)
 TERMINATE, KILL, DETACH = "terminate", "kill", "detach"
 SIGTERM, SIGKILL = "SIGTERM", "SIGKILL"
-# From a tenth of a millisecond (an unchanged machine) to seconds (nvidia-smi on a busy host).
-CYCLE_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+# From a tenth of a millisecond (an unchanged machine) to seconds (nvidia-smi on a busy host):
+# finely where cycles usually fall, coarsely above (every bucket is a series on each scrape).
+CYCLE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0)
 
 # Counters without the extra ``_created`` series (one per label set) where the client can.
 if hasattr(prometheus_client, "disable_created_metrics"):
@@ -66,18 +61,50 @@ def _user(termination: Termination) -> str:
     return user_label(facts.uid, facts.username)
 
 
-class _OwnProcess:
-    """The daemon's CPU time and resident memory (prometheus-client's process metrics, by the
-    same names), read cheaply: no count of open descriptors, which the daemon holds one per
-    GPU process (listing them on every scrape would cost more than a cycle)."""
+class _PerCycle:
+    """What changes every cycle, counted in plain numbers by the daemon's thread (a cycle
+    costs an addition and a bisection) and made into families only when scraped: the cycles,
+    their durations (the histogram), when the last complete one began, and the daemon's CPU
+    time and resident memory (prometheus-client's process metrics, by the same names), read
+    cheaply: no count of open descriptors, which the daemon holds one per GPU process."""
 
     def __init__(self) -> None:
+        self.cycles = 0
+        self.in_bucket = [0] * (len(CYCLE_BUCKETS) + 1)  # the last one: above every bound
+        self.seconds = 0.0
+        self.last_cycle = 0.0
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._started = time.time()  # the daemon sets its metrics up as it starts
+        try:  # read again on each scrape (procfs makes it anew at offset 0)
+            self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._statm = None
+
+    def observe(self, duration: float) -> None:
+        self.cycles += 1
+        self.in_bucket[bisect_left(CYCLE_BUCKETS, duration)] += 1
+        self.seconds += duration
 
     def collect(self) -> list[Metric]:
+        counts = list(self.in_bucket)  # one copy: the buckets and the count agree
+        buckets, total = [], 0
+        for bound, count in zip((*CYCLE_BUCKETS, float("inf")), counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))
         times = os.times()
         found: list[Metric] = [
+            HistogramMetricFamily(
+                "genv_enforce_cycle_duration_seconds",
+                "Wall time of an enforcement cycle (observe, rules, actions)",
+                buckets=buckets,
+                sum_value=self.seconds,
+            ),
+            CounterMetricFamily("genv_enforce_cycles", "Enforcement cycles run", value=self.cycles),
+            GaugeMetricFamily(
+                "genv_enforce_last_cycle_timestamp_seconds",
+                "Time the last complete cycle began (Unix seconds)",
+                value=self.last_cycle,
+            ),
             CounterMetricFamily(
                 "process_cpu_seconds",
                 "Total user and system CPU time spent in seconds",
@@ -89,9 +116,10 @@ class _OwnProcess:
                 value=self._started,
             ),
         ]
+        if self._statm is None:
+            return found
         try:
-            with open("/proc/self/statm", "rb") as statm:
-                resident = int(statm.read().split()[1]) * self._page
+            resident = int(os.pread(self._statm, 256, 0).split()[1]) * self._page
         except (OSError, ValueError, IndexError):
             return found
         found.append(
@@ -118,7 +146,10 @@ class EnforcementMetrics:
 
     def __init__(self, dry_run: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)  # what changes when it acts
+        self._per_cycle = _PerCycle()
+        self.per_cycle = CollectorRegistry(auto_describe=False)  # what changes every cycle
+        self.per_cycle.register(self._per_cycle)
         registry = self.registry
         self.terminations = Counter(
             "genv_enforce_terminations",
@@ -152,23 +183,11 @@ class EnforcementMetrics:
             ["rule"],
             registry=registry,
         )
-        self.cycle_seconds = Histogram(
-            "genv_enforce_cycle_duration_seconds",
-            "Wall time of an enforcement cycle (observe, rules, actions)",
-            buckets=CYCLE_BUCKETS,
-            registry=registry,
-        )
-        self.cycles = Counter("genv_enforce_cycles", "Enforcement cycles run", registry=registry)
         self.cycle_errors = Counter(
             "genv_enforce_cycle_errors",
             "Cycles that did not complete: observe (the GPUs or the state could not be "
             "read) or internal (a bug; logged)",
             ["reason"],
-            registry=registry,
-        )
-        self.last_cycle = Gauge(
-            "genv_enforce_last_cycle_timestamp_seconds",
-            "Time the last complete cycle began (Unix seconds)",
             registry=registry,
         )
         self.hosts_not_answering = Gauge(
@@ -194,7 +213,6 @@ class EnforcementMetrics:
             ["version"],
             registry=registry,
         )
-        registry.register(_OwnProcess())
         self.dry_run.set(1 if dry_run else 0)
         self.info.labels(__version__).set(1)
         for rule in RULES:
@@ -203,6 +221,12 @@ class EnforcementMetrics:
             self.cycle_errors.labels(reason)
         self._plan: Plan | None = None
         self._signalling: Termination | None = None
+        self._hosts_not_answering = 0
+        # The page of ``registry`` as last rendered, and whether it is to be rendered again:
+        # set after each change (by the daemon's thread), cleared before rendering (by a
+        # server thread), so a change made while rendering is rendered next time.
+        self._settled_page = b""
+        self._stale = True
 
     # -- the daemon's events ------------------------------------------------------------
 
@@ -222,43 +246,53 @@ class EnforcementMetrics:
             user = _user(termination)
             self.terminations.labels(termination.rule, user).inc()
             self.last_action.labels(TERMINATE, termination.rule, user).set(self.clock())
+        self._stale = True
 
     def killing(self, kill: Kill) -> None:
         termination = kill.termination
         if kill.outcome is not Outcome.SIGNALLED:  # nothing left to kill, or it failed
             self.outcomes.labels(termination.rule, SIGKILL, kill.outcome.value).inc()
-            return
-        user = _user(termination)
-        self.kills.labels(termination.rule, user).inc()
-        self.outcomes.labels(termination.rule, SIGKILL, Outcome.SIGNALLED.value).inc()
-        self.last_action.labels(KILL, termination.rule, user).set(self.clock())
+        else:
+            user = _user(termination)
+            self.kills.labels(termination.rule, user).inc()
+            self.outcomes.labels(termination.rule, SIGKILL, Outcome.SIGNALLED.value).inc()
+            self.last_action.labels(KILL, termination.rule, user).set(self.clock())
+        self._stale = True
 
     def detaching(self, detachment: Detachment) -> None:
         user = user_label(detachment.uid, detachment.username)
         self.detachments.labels(detachment.rule, user).inc()
         self.last_action.labels(DETACH, detachment.rule, user).set(self.clock())
+        self._stale = True
 
     def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None:
         """Counted as what did not happen: the detachments are tried again next cycle."""
 
     def cycle(self, report: CycleReport) -> None:
-        self.cycles.inc()
-        self.cycle_seconds.observe(report.duration)
-        self.hosts_not_answering.set(report.hosts_not_answering)
+        self._per_cycle.observe(report.duration)
+        if report.hosts_not_answering != self._hosts_not_answering:
+            self._hosts_not_answering = report.hosts_not_answering
+            self.hosts_not_answering.set(report.hosts_not_answering)
+            self._stale = True
         if not report.acted:
             self.cycle_errors.labels(_error_reason(report)).inc()
+            self._stale = True
             return
-        self.last_cycle.set(self.clock() - report.duration)  # when it began, in Unix time
+        self._per_cycle.last_cycle = self.clock() - report.duration  # when it began (Unix)
         if report.plan is not self._plan:  # an unchanged machine gives back the same plan
             self._plan = report.plan
             found = Tally(finding.rule for finding in report.plan.findings) if report.plan else {}
             for rule in {*RULES, *found}:
                 self.violations.labels(rule).set(found.get(rule, 0))
+            self._stale = True
 
     # -- serving --------------------------------------------------------------------------
 
     def page(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._stale:
+            self._stale = False
+            self._settled_page = generate_latest(self.registry)
+        return self._settled_page + generate_latest(self.per_cycle)
 
     def serve(self, address: str, port: int) -> MetricsServer:
         return MetricsServer(address, port, self.page).start()

@@ -2,8 +2,17 @@
 
 The page is produced by a callable that never waits for anything slow: the exporter hands
 back the page it rendered after its last collection, the daemon renders its counters. So a
-scrape never waits for a collection or an enforcement cycle, and a slow or stuck client
-holds one of a few answering threads for at most CLIENT_TIMEOUT_S.
+scrape never waits for a collection or an enforcement cycle.
+
+Just enough HTTP for a scraper: the request line is read, the headers are skipped, one
+answer is sent and the connection closed (HTTP/1.0). The listening socket accepts a
+connection once its request has come in (``TCP_DEFER_ACCEPT``), and the accepting thread
+answers a request that came in whole, with a page that fits the socket's buffer, itself,
+without waiting for anything; any other client is handed to one of a few answering
+threads, where a slow or stuck one holds its thread for at most CLIENT_TIMEOUT_S. A scrape
+then costs the page and a few system calls: http.server's parsing of every header (through
+the email package) and a thread's wake-up cost a daemon more than its cycles between two
+scrapes.
 """
 
 from __future__ import annotations
@@ -13,9 +22,8 @@ import errno
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -25,9 +33,20 @@ from genv.system import logs
 log = logs.logger("genv.metrics")
 
 DEFAULT_ADDRESS = "127.0.0.1"  # metrics name users and processes: not for the network
-CLIENT_TIMEOUT_S = 10.0  # a client that sends nothing is dropped after this
-WORKERS = 4  # threads answering requests
+CLIENT_TIMEOUT_S = 10.0  # a client that has not sent its request, or taken the answer, by then
+WORKERS = 4  # threads answering the clients the accepting thread cannot answer at once
 QUEUED = 64  # connections waiting for one of them; more are closed at once
+MIN_RATE = 256 * 1024  # bytes a second a client takes the answer at, at least
+MAX_REQUEST = 16384  # bytes of a request's line and headers; a scraper sends a few hundred
+DEFER_ACCEPT_S = 5  # the kernel holds a connection this long for its request (then hands it)
+# Errors of accept() that say nothing about the listening socket (the client went away, the
+# process is out of descriptors or memory for a moment): the server carries on.
+_TRANSIENT = frozenset(
+    {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
+)
+_CONTENT_TYPE = f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode()
+_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 class ListenError(GenvError):
@@ -52,142 +71,217 @@ def parse_listen(text: str, default_address: str = DEFAULT_ADDRESS) -> tuple[str
     return address, int(port_text)
 
 
-class _Server(HTTPServer):
-    """Requests are answered by a few long-lived threads: a flood of connections (any local
-    user can open them) queues up instead of making the daemon start a thread for each."""
-
-    allow_reuse_address = True
-    page: Callable[[], bytes]
-    workers = WORKERS
-
-    def server_activate(self) -> None:
-        super().server_activate()
-        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=QUEUED)
-        self._threads = [
-            threading.Thread(target=self._work, name=f"genv-metrics-{n}", daemon=True)
-            for n in range(self.workers)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            self._queue.put_nowait((request, client_address))
-        except queue.Full:  # too many clients at once: drop this one
-            self.shutdown_request(request)
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            request, client_address = item
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("a metrics client went away: %s", client_address)
-
-    def server_close(self) -> None:
-        super().server_close()
-        for _ in getattr(self, "_threads", ()):  # none when binding failed
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+def answer(request: bytes, page: Callable[[], bytes]) -> bytes:
+    """The whole answer (status line, headers, body) to a request whose line is ``request``."""
+    method, _, rest = request.partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    if method not in (b"GET", b"HEAD"):
+        return _response(
+            405, b"only GET and HEAD are answered here\n", True, _TEXT + b"Allow: GET, HEAD\r\n"
+        )
+    body = method == b"GET"
+    if target not in (b"/", b"/metrics"):
+        return _response(404, b"only /metrics is here\n", body)
+    try:
+        rendered = page()
+    except Exception:  # a bug in rendering must not kill the server thread
+        log.exception("could not render the metrics page")
+        return _response(500, b"the metrics could not be rendered\n", body)
+    return _response(200, rendered, body, _CONTENT_TYPE)
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+def _response(status: int, page: bytes, body: bool, headers: bytes = _TEXT) -> bytes:
+    head = (
+        (
+            f"HTTP/1.0 {status} {_REASONS[status]}\r\nContent-Length: {len(page)}\r\n"
+            "Connection: close\r\n"
+        ).encode()
+        + headers
+        + b"\r\n"
+    )
+    return head + page if body else head
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = CLIENT_TIMEOUT_S
+def request_line(received: bytes) -> bytes | None:
+    """The request line, once ``received`` holds the whole head (line and headers)."""
+    if b"\r\n\r\n" not in received and b"\n\n" not in received:
+        return None
+    return received.split(b"\n", 1)[0].rstrip(b"\r")
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-        self._answer(body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._answer(body=False)
+class _Client:
+    """One connection: what it sent so far, and what is left to send it."""
 
-    def _answer(self, body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in ("/", "/metrics"):
-            self.send_error(404, "only /metrics is here")
-            return
-        try:
-            page = self.server.page()
-        except Exception:  # a bug in rendering must not kill the server thread
-            log.exception("could not render the metrics page")
-            self.send_error(500, "the metrics could not be rendered")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.send_header("Content-Length", str(len(page)))
-        self.end_headers()
-        if body:
-            self.wfile.write(page)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        """Scrapes are not news: nothing is logged per request."""
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.received = b""
+        self.unsent: bytes | None = None
+        self.deadline = time.monotonic() + CLIENT_TIMEOUT_S
 
 
 class MetricsServer:
     """An HTTP server for one page, started on ``start`` and stopped on ``close``."""
 
     def __init__(self, address: str, port: int, page: Callable[[], bytes]) -> None:
-        server_class = _Server6 if ":" in address else _Server
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._server = server_class((address, port), _Handler)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((address, port))
+            listener.listen(QUEUED)
         except OSError as error:
-            where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-            if error.errno == errno.EADDRINUSE:
-                reason = "the port is in use by another program; choose another port"
-            elif error.errno == errno.EADDRNOTAVAIL:
-                reason = "no interface of this machine has that address"
-            elif error.errno == errno.EACCES:
-                reason = "permission denied (ports below 1024 need root)"
-            else:
-                reason = error.strerror or str(error)
-            raise ListenError(f"cannot serve metrics on {where}: {reason}") from None
-        except socket.gaierror as error:
-            raise ListenError(f"cannot serve metrics on {address}: {error.strerror}") from None
-        self._server.page = page
+            listener.close()
+            raise ListenError(_listen_error(address, port, error)) from None
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: no wake-up before the request
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
+        self._listener = listener
+        self._address = listener.getsockname()
+        self._page = page
         self._closing = False
+        self._queue: queue.Queue[_Client | None] = queue.Queue(maxsize=QUEUED)
         self._thread = threading.Thread(target=self._accept, name="genv-metrics-http", daemon=True)
-
-    def _accept(self) -> None:
-        """Accept connections, sleeping in the kernel in between: ``serve_forever`` would wake
-        twice a second to look for a shutdown, which costs a daemon at rest more than its
-        cycles. ``close`` wakes it with a connection of its own."""
-        self._server.timeout = None
-        while not self._closing:
-            try:
-                self._server.handle_request()
-            except OSError:
-                return
+        self._workers = [
+            threading.Thread(target=self._work, name=f"genv-metrics-{n}", daemon=True)
+            for n in range(WORKERS)
+        ]
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._address[1])
 
     @property
     def url(self) -> str:
-        host = str(self._server.server_address[0])
+        host = str(self._address[0])
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{self.port}/metrics"
 
     def start(self) -> MetricsServer:
+        for worker in self._workers:
+            worker.start()
         self._thread.start()
         return self
 
     def close(self) -> None:
         self._closing = True
-        if self._thread.is_alive():
-            host = str(self._server.server_address[0])
+        if self._thread.is_alive():  # wake accept() with a request of our own
+            host = str(self._address[0])
             if host in ("0.0.0.0", "::"):
                 host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-            with contextlib.suppress(OSError), socket.create_connection((host, self.port), 2):
-                pass
+            with contextlib.suppress(OSError), socket.create_connection((host, self.port), 2) as w:
+                w.sendall(b"\r\n\r\n")
             self._thread.join(5)
-        self._server.server_close()
+        self._listener.close()
+        for _ in self._workers:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+
+    # -- the accepting thread ----------------------------------------------------------
+
+    def _accept(self) -> None:
+        """Accept connections, sleeping in the kernel in between (no wake-up to look for a
+        shutdown: ``close`` wakes it with a connection of its own)."""
+        while not self._closing:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError as error:
+                if self._closing or error.errno not in _TRANSIENT:
+                    return
+                time.sleep(0.05)  # out of descriptors: let the daemon's cycle have them
+                continue
+            if self._closing:
+                connection.close()
+                return
+            client = _Client(connection)
+            try:
+                if self._serve_at_once(client):
+                    connection.close()
+                    continue
+            except OSError:
+                connection.close()
+                continue
+            try:
+                self._queue.put_nowait(client)
+            except queue.Full:  # too many slow clients at once: drop this one
+                connection.close()
+
+    def _serve_at_once(self, client: _Client) -> bool:
+        """Answer ``client`` without waiting: True when done, False when it is to be handed
+        to an answering thread (its request is not all there, or the answer does not fit)."""
+        connection = client.connection
+        connection.setblocking(False)
+        try:
+            client.received = connection.recv(MAX_REQUEST + 1)
+        except BlockingIOError:
+            return False
+        if not client.received:
+            return True  # closed before asking anything
+        line = request_line(client.received)
+        if line is None:
+            return len(client.received) > MAX_REQUEST
+        whole = answer(line, self._page)
+        try:
+            sent = connection.send(whole)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(whole):
+            return True
+        client.unsent = whole[sent:]
+        return False
+
+    # -- the answering threads ----------------------------------------------------------
+
+    def _work(self) -> None:
+        while (client := self._queue.get()) is not None:
+            try:
+                self._finish(client)
+            except OSError:  # timed out, reset: the client went away
+                log.debug("a metrics client went away")
+            finally:
+                client.connection.close()
+
+    def _finish(self, client: _Client) -> None:
+        """Read the rest of ``client``'s request and answer it, or send what is left of
+        its answer, all within its deadline."""
+        connection = client.connection
+        while client.unsent is None:
+            line = request_line(client.received)
+            if line is not None:
+                client.unsent = answer(line, self._page)
+                break
+            if len(client.received) > MAX_REQUEST:
+                return
+            connection.settimeout(_left(client))
+            chunk = connection.recv(4096)
+            if not chunk:
+                return
+            client.received += chunk
+        # The answer is given time by its size: a reader slower than MIN_RATE (one taking a
+        # byte now and then, to hold this thread) is dropped.
+        view = memoryview(client.unsent)
+        client.deadline = max(client.deadline, time.monotonic()) + len(view) / MIN_RATE
+        while view:
+            connection.settimeout(min(_left(client), CLIENT_TIMEOUT_S))
+            view = view[connection.send(view) :]
+
+
+def _left(client: _Client) -> float:
+    left = client.deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the metrics client is too slow")
+    return left
+
+
+def _listen_error(address: str, port: int, error: OSError) -> str:
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot serve metrics on {address}: {error.strerror}"
+    if error.errno == errno.EADDRINUSE:
+        reason = "the port is in use by another program; choose another port"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        reason = "no interface of this machine has that address"
+    elif error.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need root)"
+    else:
+        reason = error.strerror or str(error)
+    return f"cannot serve metrics on {where}: {reason}"
