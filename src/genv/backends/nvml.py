@@ -224,16 +224,12 @@ class NvmlBackend:
         self._handles[index] = handle
         before = self._devices.get(index)
         device = before[0] if before is not None else None
-        if device is None or (
-            device.uuid,
-            device.name,
-            device.total_memory,
-            device.used_memory,
-        ) != (
-            uuid,
-            name,
-            total,
-            used,
+        if (
+            device is None
+            or device.used_memory != used
+            or device.uuid != uuid
+            or device.name != name
+            or device.total_memory != total
         ):
             device = Device(index, uuid, name, total, used)
             reading.same = False
@@ -253,28 +249,29 @@ class NvmlBackend:
         Lists the driver answered exactly as before (the binding hands back the very same
         list objects) give the device's previous processes, as they were."""
         index, uuid = device.index, device.uuid
-        lists: list[list[Record] | None] = []
         errors = len(reading.errors)
-        for kind, label in (("Compute", "compute"), ("MPSCompute", "MPS")):
-            try:
-                lists.append(self._library.processes(handle, kind, uuid))
-            except NvmlError as error:
-                lists.append(None)
-                if kind == "MPSCompute" and error.code in (
-                    ERROR_NOT_SUPPORTED,
-                    ERROR_FUNCTION_NOT_FOUND,
-                ):
-                    continue  # no MPS here: nothing is missing
-                reading.failed(f"device {index}: cannot list {label} processes: {error}", error)
-        answered = tuple(lists)
+        compute: list[Record] | None = None
+        mps: list[Record] | None = None
+        try:
+            compute = self._library.processes(handle, "Compute", uuid)
+        except NvmlError as error:
+            reading.failed(f"device {index}: cannot list compute processes: {error}", error)
+        try:
+            mps = self._library.processes(handle, "MPSCompute", uuid)
+        except NvmlError as error:
+            if error.code not in (ERROR_NOT_SUPPORTED, ERROR_FUNCTION_NOT_FOUND):
+                reading.failed(f"device {index}: cannot list MPS processes: {error}", error)
+            # else: no MPS here, nothing is missing
         if (
             before is not None
             and before[0] is device
+            and compute is before[1][0]
+            and mps is before[1][1]
             and len(reading.errors) == errors
-            and all(a is b for a, b in zip(answered, before[1], strict=True))
         ):
             reading.processes.extend(before[2])
             return
+        answered = (compute, mps)
         reading.same = False
         old = (
             {(p.pid, p.used_memory): p for p in before[2]}
@@ -282,7 +279,7 @@ class NvmlBackend:
             else {}
         )
         by_pid: dict[int, GpuProcess] = {}
-        for records in lists:
+        for records in answered:
             if records is None:
                 continue
             for pid, used in records:

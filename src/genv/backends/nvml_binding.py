@@ -94,6 +94,7 @@ _TEXTS = {
 MAX_RECORDS = 1 << 16  # per device and list; ~1.5 MiB of buffer
 _ATTEMPTS = 4  # buffers grown for a list that keeps growing, before trying next snapshot
 _TEXT_BUFFER = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_DEVICE_NAME_V2_BUFFER_SIZE
+MAX_TEXTS = 1024  # decoded answers kept (a device's uuid and name each: a few dozen)
 
 
 def describe(code: int) -> str:
@@ -182,6 +183,41 @@ _MEMORY = ("nvmlDeviceGetMemoryInfo",)
 _TEXT_SIZE = ctypes.c_uint(_TEXT_BUFFER)
 
 
+class _ListSlot:
+    """One process list of one device: the function, its buffer (sized from the last answer)
+    and the last answer, raw and unpacked: an unchanged answer (the usual one) is compared as
+    bytes and handed back as the same list, unpacked once."""
+
+    __slots__ = (
+        "name",
+        "function",
+        "record",
+        "size",
+        "capacity",
+        "buffer",
+        "count",
+        "count_ref",
+        "data",
+        "records",
+    )
+
+    def __init__(self, name: str, function: Callable[..., int], record: type[ctypes.Structure]):
+        self.name = name
+        self.function = function
+        self.record = record
+        self.size = _UNPACK[record].size
+        self.capacity = 0
+        self.buffer: Any = None  # NULL while the capacity is 0
+        self.count = ctypes.c_uint()
+        self.count_ref = ctypes.byref(self.count)
+        self.data: bytes | None = None
+        self.records: list[Record] = []
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffer = (self.record * capacity)() if capacity else None
+
+
 class NvmlLibrary:
     """The driver calls genv makes, each a C function found through pynvml's lookup.
 
@@ -196,13 +232,11 @@ class NvmlLibrary:
         self._count = ctypes.c_uint(0)
         self._count_ref = ctypes.byref(self._count)
         self._text_buffer = ctypes.create_string_buffer(_TEXT_BUFFER + 1)
+        self._texts: dict[bytes, str] = {}  # each answer decoded once (uuids, names)
         self._memory = _Memory()
         self._memory_ref = ctypes.byref(self._memory)
-        # Per list and device: (capacity, buffer, count), sized from the last answer.
-        self._buffers: dict[tuple[str, str], tuple[int, Any, ctypes.c_uint]] = {}
-        # The last answer of each list, raw and unpacked: an unchanged answer (the usual
-        # one) is compared as bytes and handed back as the same list, unpacked once.
-        self._last: dict[tuple[str, str], tuple[bytes, list[Record]]] = {}
+        # Per list and device: its buffer, sized from the last answer, and that answer.
+        self._slots: dict[tuple[str, str], _ListSlot] = {}
 
     # -- finding functions ---------------------------------------------------------------
 
@@ -235,7 +269,7 @@ class NvmlLibrary:
         return chosen
 
     def _call(self, names: tuple[str, ...], *arguments: Any) -> None:
-        name, function = self._first(*names)
+        name, function = self._chosen.get(names) or self._first(*names)
         code = function(*arguments)
         if code != SUCCESS:
             raise NvmlError(int(code), name)
@@ -262,8 +296,7 @@ class NvmlLibrary:
         """Drop what was learnt about the driver (versions, buffer sizes): it may be new."""
         self._chosen.clear()
         self._lists.clear()
-        self._buffers.clear()
-        self._last.clear()
+        self._slots.clear()
 
     def device_count(self) -> int:
         count = self._count
@@ -286,16 +319,26 @@ class NvmlLibrary:
 
     def _text(self, name: str, handle: ctypes.c_void_p) -> str:
         buffer = self._text_buffer  # one more byte than NVML is given: a NUL even if it fills 96
-        ctypes.memset(buffer, 0, _TEXT_BUFFER + 1)
+        buffer[0] = b"\0"  # (that last byte is never written) an empty answer reads empty
         self._call((name,), handle, buffer, _TEXT_SIZE)
-        return buffer.value.decode("utf-8", errors="replace")
+        raw = buffer.value
+        text = self._texts.get(raw)
+        if text is None:
+            if len(self._texts) >= MAX_TEXTS:
+                self._texts.clear()
+            text = self._texts[raw] = raw.decode("utf-8", errors="replace")
+        return text
 
     def memory(self, handle: ctypes.c_void_p) -> tuple[int | None, int | None]:
         """(total, used) bytes of the framebuffer; None where NVML says "not available"."""
         memory = self._memory
         memory.total = memory.used = NOT_AVAILABLE
         self._call(_MEMORY, handle, self._memory_ref)
-        return _available(memory.total), _available(memory.used)
+        total, used = memory.total, memory.used
+        return (
+            None if total >= NOT_AVAILABLE else total,
+            None if used >= NOT_AVAILABLE else used,
+        )
 
     def temperature(self, handle: ctypes.c_void_p) -> int | None:
         """The GPU's temperature in degrees C; None for an impossible answer."""
@@ -317,51 +360,37 @@ class NvmlLibrary:
         When the driver's answer is byte for byte the previous one for this device, the very
         list returned then is returned again (callers can tell by identity that nothing
         changed, and must not change it)."""
-        name, function, record = self._list(kind)
         key = (kind, device)
-        kept = self._buffers.get(key)
-        capacity = kept[0] if kept is not None else 0
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _ListSlot(*self._list(kind))
+        capacity = slot.capacity
         for _ in range(_ATTEMPTS):
-            if kept is None or kept[0] != capacity:
-                kept = (capacity, (record * capacity)() if capacity else None, ctypes.c_uint())
-            count = kept[2]
+            if capacity != slot.capacity:
+                slot.resize(capacity)
+            count = slot.count
             count.value = capacity
-            code = function(handle, ctypes.byref(count), kept[1])
+            code = slot.function(handle, slot.count_ref, slot.buffer)
             if code == SUCCESS:
                 found = min(count.value, capacity)
-                answered = kept[1]
-                data = (
-                    ctypes.string_at(answered, found * _UNPACK[record].size)
-                    if found and answered is not None
-                    else b""
-                )
+                data = ctypes.string_at(slot.buffer, found * slot.size) if found else b""
                 # Room for processes that start before the next call, sized from this
                 # answer; the buffer is kept while it stays that size.
                 wanted = min(found + found // 4 + 8, MAX_RECORDS) if found else 0
                 if wanted != capacity:
-                    kept = (wanted, (record * wanted)() if wanted else None, ctypes.c_uint())
-                self._buffers[key] = kept
-                if not found:
-                    return self._remember(key, b"", [])
-                last = self._last.get(key)
-                if last is not None and last[0] == data:
-                    return last[1]
-                return self._remember(key, data, _records(data, record))
+                    slot.resize(wanted)
+                if data != slot.data:
+                    slot.data = data
+                    slot.records = _records(data, slot.record) if found else []
+                return slot.records
             if code != ERROR_INSUFFICIENT_SIZE:
-                raise NvmlError(int(code), name)
+                raise NvmlError(int(code), slot.name)
             wanted = count.value
             if wanted > MAX_RECORDS:
-                raise NvmlError(None, name, f"{wanted} processes reported")
+                raise NvmlError(None, slot.name, f"{wanted} processes reported")
             # Room for processes that start before the next call.
             capacity = min(max(wanted, capacity) + max(wanted, capacity) // 4 + 8, MAX_RECORDS)
-        raise NvmlError(ERROR_INSUFFICIENT_SIZE, name, "the list kept growing")
-
-    def _remember(self, key: tuple[str, str], data: bytes, records: list[Record]) -> list[Record]:
-        last = self._last.get(key)
-        if last is not None and last[0] == data:
-            return last[1]
-        self._last[key] = (data, records)
-        return records
+        raise NvmlError(ERROR_INSUFFICIENT_SIZE, slot.name, "the list kept growing")
 
     def _list(self, kind: str) -> tuple[str, Callable[..., int], type[ctypes.Structure]]:
         """The version of ``kind``'s process list this library has, found once."""
@@ -377,10 +406,6 @@ class NvmlLibrary:
 def _code(error: BaseException) -> int:
     value = getattr(error, "value", None)
     return value if isinstance(value, int) else ERROR_UNKNOWN
-
-
-def _available(value: int) -> int | None:
-    return None if value >= NOT_AVAILABLE else int(value)
 
 
 def _records(data: bytes, record: type[ctypes.Structure]) -> list[Record]:
