@@ -18,7 +18,6 @@ import math
 import os
 import select
 import signal
-from collections.abc import Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,6 +41,8 @@ class Stopper:
         self._write: int | None = None
         self._installed: dict[int, object] = {}
         self._old_wakeup: int | None = None
+        self._poller: select.poll | None = None  # the sleep's, kept while its descriptors are
+        self._polled: tuple[int, int | None] | None = None
 
     # -- the pipe ----------------------------------------------------------------------
 
@@ -85,16 +86,18 @@ class Stopper:
     def stopping(self) -> bool:
         return self.signum is not None
 
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        """A stop signal during the block raises Interrupted (only around reading)."""
+    def interruptible(self) -> Stopper:
+        """A stop signal during the ``with`` block raises Interrupted (only around reading).
+        (The Stopper is its own context manager: no generator to make each cycle.)"""
+        return self
+
+    def __enter__(self) -> None:
         if self.stopping:
             raise Interrupted
         self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
+
+    def __exit__(self, *_: object) -> None:
+        self._interruptible = False
 
     # -- sleeping ----------------------------------------------------------------------
 
@@ -104,13 +107,15 @@ class Stopper:
         read, _ = self._pipe()
         if self.stopping:
             return
-        poller = select.poll()  # never select(): descriptors may be above 1024
-        poller.register(read, select.POLLIN)
-        if fd is not None:
-            poller.register(fd, select.POLLIN)
+        if self._poller is None or self._polled != (read, fd):
+            self._poller = select.poll()  # never select(): descriptors may be above 1024
+            self._poller.register(read, select.POLLIN)
+            if fd is not None:
+                self._poller.register(fd, select.POLLIN)
+            self._polled = (read, fd)
         milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        poller.poll(milliseconds)
-        self._drain(read)
+        if any(ready == read for ready, _ in self._poller.poll(milliseconds)):
+            self._drain(read)  # (only then: a read of an empty pipe fails, at a cost)
 
     @staticmethod
     def _drain(fd: int) -> None:
@@ -141,3 +146,4 @@ class Stopper:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._read = self._write = None
+        self._poller = self._polled = None
