@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+import genv
+
 from genv.domain.models import GpuSnapshot
 from genv.domain.observation import Membership, Observation, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.daemon import Enforcer
@@ -133,6 +135,25 @@ def test_every_scrape_shows_what_happened_since_the_last_one():
     page = metrics.page()  # the same plan: only the hosts changed
     assert value(page, "genv_enforce_hosts_not_answering") == 2
     assert value(page, "genv_enforce_cycle_duration_seconds_bucket", le="+Inf") == 5
+
+
+def test_a_page_that_failed_to_render_is_rendered_again_next_time():
+    metrics = EnforcementMetrics()
+    failures = [RuntimeError("once")]
+
+    class FailsOnce:
+        def describe(self):  # noqa: ANN202 - nothing to check at registration
+            return []
+
+        def collect(self):  # noqa: ANN202
+            if failures:
+                raise failures.pop()
+            return []
+
+    metrics.registry.register(FailsOnce())
+    with pytest.raises(RuntimeError):
+        metrics.page()
+    assert value(metrics.page(), "genv_enforce_info", version=genv.__version__) == 1
 
 
 def test_a_failing_sink_never_stops_the_reporter(caplog):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -197,3 +198,54 @@ def test_ipv6_loopback_when_the_machine_has_it():
         assert get(server.url) == PAGE
     finally:
         server.close()
+
+
+def test_close_lets_go_of_waiting_clients_and_every_thread_ends():
+    server = MetricsServer("127.0.0.1", 0, lambda: PAGE).start()
+    stuck = []
+    for _ in range(server_module.WORKERS + 6):  # some held by workers, some queued
+        client = socket.create_connection(("127.0.0.1", server.port), 5)
+        client.sendall(b"GET /metrics HTTP/1.1\r\n")
+        stuck.append(client)
+    time.sleep(0.3)
+    server.close()
+    try:
+        deadline = time.monotonic() + 3  # not the clients' 10 s
+        while any(t.name.startswith("genv-metrics") for t in threading.enumerate()):
+            assert time.monotonic() < deadline, "a metrics thread outlived close()"
+            time.sleep(0.1)
+    finally:
+        for client in stuck:
+            client.close()
+
+
+class FailingListener:
+    """A listening socket whose accept() fails as a process out of descriptors sees it fail,
+    ``failures`` times, and then works."""
+
+    def __init__(self, listener: socket.socket, failures: int) -> None:
+        self._listener = listener
+        self.failures = failures
+
+    def accept(self):  # noqa: ANN201
+        if self.failures:
+            self.failures -= 1
+            time.sleep(0.01)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self._listener.accept()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._listener, name)
+
+
+def test_running_out_of_descriptors_for_a_moment_does_not_end_serving(caplog):
+    server = MetricsServer("127.0.0.1", 0, lambda: PAGE)
+    failing = FailingListener(server._listener, failures=20)
+    server._listener = failing  # type: ignore[assignment]
+    server.start()
+    try:
+        assert get(server.url, timeout=10) == PAGE  # answered once accept() works again
+        assert failing.failures == 0
+    finally:
+        server.close()
+    assert caplog.text.count("the metrics server cannot accept connections") == 1

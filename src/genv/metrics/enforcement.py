@@ -14,6 +14,7 @@ few series that moved.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter as Tally
@@ -227,6 +228,7 @@ class EnforcementMetrics:
         # server thread), so a change made while rendering is rendered next time.
         self._settled_page = b""
         self._stale = True
+        self._rendering = threading.Lock()
 
     # -- the daemon's events ------------------------------------------------------------
 
@@ -289,10 +291,16 @@ class EnforcementMetrics:
     # -- serving --------------------------------------------------------------------------
 
     def page(self) -> bytes:
-        if self._stale:
-            self._stale = False
-            self._settled_page = generate_latest(self.registry)
-        return self._settled_page + generate_latest(self.per_cycle)
+        with self._rendering:  # one render at a time: none stores an older page over a newer
+            if self._stale:
+                self._stale = False
+                try:
+                    self._settled_page = generate_latest(self.registry)
+                except BaseException:
+                    self._stale = True  # rendered again next time, not an old page kept
+                    raise
+            settled = self._settled_page
+        return settled + generate_latest(self.per_cycle)
 
     def serve(self, address: str, port: int) -> MetricsServer:
         return MetricsServer(address, port, self.page).start()

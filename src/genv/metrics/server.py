@@ -36,14 +36,13 @@ DEFAULT_ADDRESS = "127.0.0.1"  # metrics name users and processes: not for the n
 CLIENT_TIMEOUT_S = 10.0  # a client that has not sent its request, or taken the answer, by then
 WORKERS = 4  # threads answering the clients the accepting thread cannot answer at once
 QUEUED = 64  # connections waiting for one of them; more are closed at once
+BACKLOG = 1024  # connections the kernel holds for accept() (at most net.core.somaxconn)
 MIN_RATE = 256 * 1024  # bytes a second a client takes the answer at, at least
 MAX_REQUEST = 16384  # bytes of a request's line and headers; a scraper sends a few hundred
-DEFER_ACCEPT_S = 5  # the kernel holds a connection this long for its request (then hands it)
-# Errors of accept() that say nothing about the listening socket (the client went away, the
-# process is out of descriptors or memory for a moment): the server carries on.
-_TRANSIENT = frozenset(
-    {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
-)
+DEFER_ACCEPT_S = 1  # the kernel holds a connection this long for its request (then hands it)
+# Errors of accept() that mean the listening socket is closed or shut down (by ``close``);
+# any other (the client went away, out of descriptors, a firewall) passes: the server goes on.
+_CLOSED = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
 _CONTENT_TYPE = f"Content-Type: {CONTENT_TYPE_LATEST}\r\n".encode()
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
@@ -71,8 +70,9 @@ def parse_listen(text: str, default_address: str = DEFAULT_ADDRESS) -> tuple[str
     return address, int(port_text)
 
 
-def answer(request: bytes, page: Callable[[], bytes]) -> bytes:
-    """The whole answer (status line, headers, body) to a request whose line is ``request``."""
+def answer(request: bytes, page: Callable[[], bytes]) -> tuple[bytes, bytes]:
+    """The answer to a request whose line is ``request``: its head (status line and headers)
+    and its body (the page itself, not a copy: slow clients share it)."""
     method, _, rest = request.partition(b" ")
     target = rest.partition(b" ")[0].partition(b"?")[0]
     if method not in (b"GET", b"HEAD"):
@@ -90,7 +90,7 @@ def answer(request: bytes, page: Callable[[], bytes]) -> bytes:
     return _response(200, rendered, body, _CONTENT_TYPE)
 
 
-def _response(status: int, page: bytes, body: bool, headers: bytes = _TEXT) -> bytes:
+def _response(status: int, page: bytes, body: bool, headers: bytes = _TEXT) -> tuple[bytes, bytes]:
     head = (
         (
             f"HTTP/1.0 {status} {_REASONS[status]}\r\nContent-Length: {len(page)}\r\n"
@@ -99,7 +99,7 @@ def _response(status: int, page: bytes, body: bool, headers: bytes = _TEXT) -> b
         + headers
         + b"\r\n"
     )
-    return head + page if body else head
+    return head, page if body else b""
 
 
 def request_line(received: bytes) -> bytes | None:
@@ -115,8 +115,21 @@ class _Client:
     def __init__(self, connection: socket.socket) -> None:
         self.connection = connection
         self.received = b""
-        self.unsent: bytes | None = None
+        self.unsent: list[memoryview] | None = None  # the answer's parts not sent yet
         self.deadline = time.monotonic() + CLIENT_TIMEOUT_S
+
+    def answered(self, head: bytes, body: bytes) -> None:
+        self.unsent = [memoryview(head), memoryview(body)]
+
+    def send_some(self) -> bool:
+        """Send what the socket takes of the answer (once); True when it is all sent."""
+        unsent = self.unsent or []
+        sent = self.connection.sendmsg([part for part in unsent if part])
+        for index, part in enumerate(unsent):
+            taken = min(sent, len(part))
+            unsent[index] = part[taken:]
+            sent -= taken
+        return not any(unsent)
 
 
 class MetricsServer:
@@ -128,7 +141,7 @@ class MetricsServer:
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((address, port))
-            listener.listen(QUEUED)
+            listener.listen(BACKLOG)
         except OSError as error:
             listener.close()
             raise ListenError(_listen_error(address, port, error)) from None
@@ -140,6 +153,7 @@ class MetricsServer:
         self._page = page
         self._closing = False
         self._queue: queue.Queue[_Client | None] = queue.Queue(maxsize=QUEUED)
+        self._active: set[_Client] = set()  # the clients the answering threads are serving
         self._thread = threading.Thread(target=self._accept, name="genv-metrics-http", daemon=True)
         self._workers = [
             threading.Thread(target=self._work, name=f"genv-metrics-{n}", daemon=True)
@@ -164,14 +178,21 @@ class MetricsServer:
 
     def close(self) -> None:
         self._closing = True
-        if self._thread.is_alive():  # wake accept() with a request of our own
-            host = str(self._address[0])
-            if host in ("0.0.0.0", "::"):
-                host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-            with contextlib.suppress(OSError), socket.create_connection((host, self.port), 2) as w:
-                w.sendall(b"\r\n\r\n")
+        with contextlib.suppress(OSError):  # wakes accept() (EINVAL) on Linux
+            self._listener.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
             self._thread.join(5)
         self._listener.close()
+        for client in list(self._active):  # wakes the threads waiting on them
+            with contextlib.suppress(OSError):
+                client.connection.shutdown(socket.SHUT_RDWR)
+        while True:  # the clients still waiting are let go, so that every worker can stop
+            try:
+                waiting = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                waiting.connection.close()
         for _ in self._workers:
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(None)
@@ -180,24 +201,30 @@ class MetricsServer:
 
     def _accept(self) -> None:
         """Accept connections, sleeping in the kernel in between (no wake-up to look for a
-        shutdown: ``close`` wakes it with a connection of its own)."""
+        shutdown: ``close`` shuts the socket down, which wakes it)."""
+        failing = False
         while not self._closing:
             try:
                 connection, _ = self._listener.accept()
             except OSError as error:
-                if self._closing or error.errno not in _TRANSIENT:
+                if self._closing or error.errno in _CLOSED:
                     return
+                if not failing:  # said once until a connection is accepted again
+                    log.warning("the metrics server cannot accept connections: %s", error)
+                failing = True
                 time.sleep(0.05)  # out of descriptors: let the daemon's cycle have them
                 continue
-            if self._closing:
-                connection.close()
-                return
+            failing = False
             client = _Client(connection)
             try:
                 if self._serve_at_once(client):
                     connection.close()
                     continue
             except OSError:
+                connection.close()
+                continue
+            except Exception:  # a bug must not end serving
+                log.exception("a metrics request failed")
                 connection.close()
                 continue
             try:
@@ -219,25 +246,26 @@ class MetricsServer:
         line = request_line(client.received)
         if line is None:
             return len(client.received) > MAX_REQUEST
-        whole = answer(line, self._page)
+        client.answered(*answer(line, self._page))
         try:
-            sent = connection.send(whole)
+            return client.send_some()
         except BlockingIOError:
-            sent = 0
-        if sent == len(whole):
-            return True
-        client.unsent = whole[sent:]
-        return False
+            return False
 
     # -- the answering threads ----------------------------------------------------------
 
     def _work(self) -> None:
         while (client := self._queue.get()) is not None:
+            self._active.add(client)
             try:
-                self._finish(client)
+                if not self._closing:
+                    self._finish(client)
             except OSError:  # timed out, reset: the client went away
                 log.debug("a metrics client went away")
+            except Exception:  # a bug must not end this thread
+                log.exception("a metrics request failed")
             finally:
+                self._active.discard(client)
                 client.connection.close()
 
     def _finish(self, client: _Client) -> None:
@@ -247,7 +275,7 @@ class MetricsServer:
         while client.unsent is None:
             line = request_line(client.received)
             if line is not None:
-                client.unsent = answer(line, self._page)
+                client.answered(*answer(line, self._page))
                 break
             if len(client.received) > MAX_REQUEST:
                 return
@@ -258,11 +286,12 @@ class MetricsServer:
             client.received += chunk
         # The answer is given time by its size: a reader slower than MIN_RATE (one taking a
         # byte now and then, to hold this thread) is dropped.
-        view = memoryview(client.unsent)
-        client.deadline = max(client.deadline, time.monotonic()) + len(view) / MIN_RATE
-        while view:
+        remaining: int = sum(map(len, client.unsent or []))
+        client.deadline = max(client.deadline, time.monotonic()) + remaining / MIN_RATE
+        done = not remaining
+        while not done:
             connection.settimeout(min(_left(client), CLIENT_TIMEOUT_S))
-            view = view[connection.send(view) :]
+            done = client.send_some()
 
 
 def _left(client: _Client) -> float:
