@@ -4,6 +4,7 @@ where the kernel does not tell. A fact kept must never outlive what it says."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from genv.system import procfs
+from genv.system import proc_events, procfs
 from genv.system.proc_events import MAX_EVENTS_PER_DRAIN, ProcessEvents
 from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher
@@ -88,6 +89,43 @@ def test_the_kernel_tells_of_a_uid_change(events):
     finally:
         child.kill()
         child.wait()
+
+
+def _messages(sock: socket.socket) -> int:
+    count = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sock.recv(256, socket.MSG_DONTWAIT)
+            count += 1
+    return count
+
+
+@needs_root
+@pytest.mark.parametrize("filtered", [True, False], ids=["6.6 subscription", "plain subscription"])
+def test_forks_and_exits_of_the_machine_never_reach_the_daemon(filtered):
+    """Kernels before 6.6 send every fork and exit of every process whatever the subscription
+    asked: the socket's own filter drops them before they are queued."""
+    sock = proc_events._subscribe(filtered)
+    try:
+        time.sleep(0.1)
+        _messages(sock)
+        for _ in range(20):
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            os.waitpid(child, 0)
+        time.sleep(0.2)
+        assert _messages(sock) == 0
+        events = ProcessEvents(sock)
+        process = exec_later()
+        try:
+            run_other_program(process)
+            wait_until(lambda: process.pid in (events.drain() or set()))
+        finally:
+            process.kill()
+            process.wait()
+    finally:
+        sock.close()
 
 
 def test_events_lost_say_so(events):

@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 
 from genv.system import logs
@@ -49,6 +50,23 @@ _CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
 _HEADER = _NLMSGHDR.size + _CN_MSG.size
 _EVENT = struct.Struct("=IIQii")  # what, cpu, timestamp, process pid, process tgid
 _MESSAGE = 256  # every proc event fits
+SO_ATTACH_FILTER = 26  # (socket has no name for it)
+
+
+def _only_wanted() -> bytes:
+    """A classic BPF program for the socket: keep the messages whose event is an exec or a uid
+    change, drop the rest (every fork and exit of every process on the machine, which a
+    kernel before 6.6 sends whatever the subscription asked) before they are queued, so
+    a busy machine costs the daemon nothing. Loads are big-endian, the events host-endian:
+    the constant is swapped to match."""
+    wanted = int.from_bytes(WANTED.to_bytes(4, sys.byteorder), "big")
+    program = (
+        (0x20, 0, 0, _HEADER),  # ld [what]   (BPF_LD | BPF_W | BPF_ABS)
+        (0x45, 0, 1, wanted),  # jset #wanted, keep, drop   (BPF_JMP | BPF_JSET | BPF_K)
+        (0x06, 0, 0, 0xFFFFFFFF),  # keep: ret #-1   (BPF_RET | BPF_K)
+        (0x06, 0, 0, 0),  # drop: ret #0
+    )
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
 
 
 class ProcessEvents:
@@ -162,6 +180,7 @@ def _subscribe(filtered: bool) -> socket.socket:
         with contextlib.suppress(OSError):  # root may make the buffer larger than the limit
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         sock.bind((0, CN_IDX_PROC))
+        _attach(sock, _only_wanted())
         payload = (
             struct.pack("=II", PROC_CN_MCAST_LISTEN, WANTED)
             if filtered
@@ -174,6 +193,16 @@ def _subscribe(filtered: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _attach(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF ``program`` (struct sock_filter entries) to ``sock``: struct
+    sock_fprog is its length and the address of its instructions."""
+    import ctypes
+
+    instructions = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(instructions))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def _changed_process(buffer: bytearray, size: int) -> int | None:
