@@ -92,6 +92,9 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.gpus: list[FakeGpu] = []
+        # The device each handle given out names, as a driver's handle does: one that is no
+        # longer there answers GPU_IS_LOST, even if another stands at its index now.
+        self._issued: list[FakeGpu] = []
         self.library_missing = False
         self.init_error: int | None = None
         self.count_error: int | None = None
@@ -166,15 +169,20 @@ class FakeDriver:
             return UNINITIALIZED
         if index >= len(self.gpus):
             return INVALID_ARGUMENT
-        out[0] = index + 1
+        gpu = self.gpus[index]
+        if not any(issued is gpu for issued in self._issued):
+            self._issued.append(gpu)
+        out[0] = next(n for n, issued in enumerate(self._issued, 1) if issued is gpu)
         return SUCCESS
 
     def _gpu(self, handle: int | None) -> FakeGpu | int:
         if not self.initialized:
             return UNINITIALIZED
-        if not handle or handle > len(self.gpus):
+        if not handle or handle > len(self._issued):
             return INVALID_ARGUMENT
-        gpu = self.gpus[handle - 1]
+        gpu = self._issued[handle - 1]
+        if not any(present is gpu for present in self.gpus):
+            return GPU_IS_LOST
         return gpu.error if gpu.error is not None else gpu
 
     def _text(self, what: str) -> Callable[[int | None, int | None, int], int]:

@@ -412,15 +412,25 @@ def test_handles_are_looked_up_once_until_the_count_changes_or_the_device_errors
     assert driver.calls["handle"] == 3 + 3  # another count: every index looked up again
 
 
-def test_a_device_replaced_at_the_same_index_is_read_afresh(
-    driver: FakeDriver, backend: NvmlBackend
+def test_a_device_replaced_at_the_same_index_is_lost_then_read_afresh(
+    driver: FakeDriver, backend: NvmlBackend, clock: Clock
 ) -> None:
-    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)])]
+    """A handle names one physical device (so its uuid is read once): when another stands at
+    its index, calls on the old handle fail (GPU_IS_LOST), nothing is enforced on what was
+    not read, and NVML opened again reads the new device."""
+    driver.gpus = [FakeGpu("GPU-a", compute=[(100, GI)]), FakeGpu("GPU-c")]
     backend.snapshot()
-    driver.gpus = [FakeGpu("GPU-b", compute=[(100, GI)])]
+    backend.snapshot()
+    assert driver.calls["uuid"] == 2  # once per device, not per snapshot
+    driver.gpus[0] = FakeGpu("GPU-b", compute=[(100, GI)])
     second = backend.snapshot()
-    assert [(p.pid, p.device_uuid) for p in second.processes] == [(100, "GPU-b")]
-    assert second.devices[0].uuid == "GPU-b"
+    assert second.partial and [d.uuid for d in second.devices] == ["GPU-c"]
+    assert "GPU is lost" in second.errors[0]
+    clock.advance(FIRST_BACKOFF_S)
+    third = backend.snapshot()
+    assert not third.partial
+    assert [(p.pid, p.device_uuid) for p in third.processes] == [(100, "GPU-b")]
+    assert [d.uuid for d in third.devices] == ["GPU-b", "GPU-c"]
 
 
 def test_a_snapshot_with_errors_is_never_reused(driver: FakeDriver, backend: NvmlBackend) -> None:

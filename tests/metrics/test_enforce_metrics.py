@@ -13,7 +13,6 @@ import time
 import pytest
 
 import genv
-
 from genv.domain.models import GpuSnapshot
 from genv.domain.observation import Membership, Observation, ObservedProcess, ProcessFacts, Usage
 from genv.enforce.daemon import Enforcer

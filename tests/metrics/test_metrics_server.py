@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
@@ -14,6 +15,7 @@ import pytest
 
 from genv.metrics import server as server_module
 from genv.metrics.server import ListenError, MetricsServer
+
 from promkit import get
 
 PAGE = b"# TYPE x gauge\nx 1.0\n"
@@ -153,10 +155,8 @@ def test_a_page_larger_than_the_socket_buffer_reaches_a_slow_reader_whole():
 def test_a_flood_of_connections_leaves_the_server_serving(served):
     def connect_and_leave() -> None:
         for _ in range(50):
-            try:
+            with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", served.port), 2).close()
-            except OSError:
-                pass
 
     flooders = [threading.Thread(target=connect_and_leave) for _ in range(4)]
     for thread in flooders:

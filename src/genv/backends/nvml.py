@@ -88,10 +88,11 @@ class NvmlBackend:
         self._lock = threading.Lock()
         self._open = False
         self._names: dict[str, str] = {}
-        # Each device's handle, by index, for as long as NVML stays open and counts as many
-        # devices (a handle is valid until nvmlShutdown; a device that errors is looked up
-        # again): a steady cycle does not ask for what cannot change.
-        self._handles: dict[int, ctypes.c_void_p] = {}
+        # Each device's handle, uuid and name, by index, for as long as NVML stays open and
+        # counts as many devices: a handle names one physical device until nvmlShutdown (a
+        # device that goes away makes calls on its handle fail: GPU_IS_LOST), and a device
+        # that errors is looked up again. A steady cycle does not ask for what cannot change.
+        self._handles: dict[int, tuple[ctypes.c_void_p, str, str]] = {}
         self._count: int | None = None
         self._backoff = 0.0
         self._retry_at = 0.0  # no nvmlInit before this, after one failed
@@ -195,18 +196,19 @@ class NvmlBackend:
 
     def _read_device(self, index: int, processes: bool, reading: _Reading) -> None:
         library = self._library
-        try:
-            handle = self._handles.get(index)
-            if handle is None:
+        kept = self._handles.get(index)
+        if kept is not None:
+            handle, uuid, name = kept
+        else:
+            try:
                 handle = library.device_handle(index)
-            uuid = library.uuid(handle)  # read each time: the device there may be another
-            name = self._names.get(uuid)
-            if name is None:
-                name = self._names[uuid] = library.name(handle)
-        except NvmlError as error:
-            self._handles.pop(index, None)  # looked up again next time
-            reading.failed(f"device {index}: {error}", error)
-            return
+                uuid = library.uuid(handle)
+                known = self._names.get(uuid)
+                name = known if known is not None else library.name(handle)
+                self._names[uuid] = name
+            except NvmlError as error:
+                reading.failed(f"device {index}: {error}", error)
+                return
         try:
             total, used = library.memory(handle)
         except NvmlError as error:
@@ -221,7 +223,8 @@ class NvmlBackend:
         if total is None:
             reading.errors.append(f"device {index}: total memory not reported")
             total = 0
-        self._handles[index] = handle
+        if kept is None:
+            self._handles[index] = (handle, uuid, name)
         before = self._devices.get(index)
         device = before[0] if before is not None else None
         if (

@@ -106,7 +106,7 @@ class Loader:
         listing = self._users(dir_fd)
         self._listing_used = listing
         for uid in listing.uids:
-            if only is None or only(uid):
+            if (only is None or only(uid)) and not self._unchanged(dir_fd, uid, loaded):
                 self._load_user(dir_fd, uid, loaded)
         if listing.planted_locks is None:
             start = len(loaded.planted)
@@ -164,6 +164,25 @@ class Loader:
         else:
             self._listing = None
         return listing
+
+    def _unchanged(self, dir_fd: int, uid: int, loaded: Loaded) -> bool:
+        """Take ``uid``'s records as decoded before when their file is the very one decoded
+        then (the usual case, for a daemon): its first name, whose status is the same in
+        every field the decoding depended on (a file decoded was rightfully the user's, and
+        what made it so is in that status). Otherwise False: ``_load_user`` looks."""
+        name = names.state_names(uid)[0]
+        cached = self._decoded.get(name)
+        if cached is None:
+            return False
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        if _key(info) != cached[0]:
+            return False
+        loaded.files[uid] = name
+        loaded.records[uid] = cached[1]
+        return True
 
     def _load_user(self, dir_fd: int, uid: int, loaded: Loaded) -> None:
         for _ in range(_ATTEMPTS):
