@@ -201,7 +201,6 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.enforce.report import Reporter
     from genv.enforce.rules import RuleConfig
     from genv.store import Store
-    from genv.system.proc_events import ProcessEvents
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
     common.log_as_daemon("genv enforce", args.log_level)
@@ -231,6 +230,8 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
         # only when something changed, the observer follows the GPU processes.
         store = Store(watcher=ProcessWatcher())
         # The kernel's word of every exec and uid change (root only; else each cycle looks).
+        from genv.system.proc_events import ProcessEvents
+
         events = ProcessEvents.open()
     else:
         watcher = None  # one cycle: nothing to follow from one cycle to the next

@@ -17,9 +17,12 @@ from genv.domain.observation import (
 from genv.domain.values import replace, value
 from genv.store import State, Store
 from genv.system import users
-from genv.system.proc_events import ProcessEvents
 from genv.system.process_facts import ProcessInspector
 from genv.system.watch import ProcessWatcher
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from genv.system.proc_events import ProcessEvents  # (its socket import: daemons only)
 
 _DEVICE = attrgetter("device_index")
 

@@ -23,10 +23,12 @@ PID_MAX = constants.PID_MAX
 
 @value
 class ProcStat:
-    """What ``/proc/PID/stat`` says: the state letter and the start, in ticks since boot."""
+    """What ``/proc/PID/stat`` says: the state letter, the start in ticks since boot, and the
+    command name (``comm``: what the process calls itself, at most 15 bytes)."""
 
     state: str
     start: int
+    name: str = ""
 
     @property
     def dead(self) -> bool:
@@ -99,7 +101,11 @@ def read_stat(pid: int) -> ProcStat | None:
     if len(fields) < 20:
         return None
     try:
-        return ProcStat(fields[0].decode("ascii", "replace"), int(fields[19]))
+        return ProcStat(
+            fields[0].decode("ascii", "replace"),
+            int(fields[19]),
+            data[data.find(b"(") + 1 : end].decode(errors="replace"),
+        )
     except ValueError:
         return None
 
