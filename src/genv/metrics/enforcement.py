@@ -75,7 +75,6 @@ class _PerCycle:
         self.seconds = 0.0
         self.last_cycle = 0.0
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._started = time.time()  # the daemon sets its metrics up as it starts
         try:  # read again on each scrape (procfs makes it anew at offset 0)
             self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -110,11 +109,6 @@ class _PerCycle:
                 "process_cpu_seconds",
                 "Total user and system CPU time spent in seconds",
                 value=times.user + times.system,
-            ),
-            GaugeMetricFamily(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds",
-                value=self._started,
             ),
         ]
         if self._statm is None:
@@ -214,6 +208,11 @@ class EnforcementMetrics:
             ["version"],
             registry=registry,
         )
+        Gauge(  # the daemon sets its metrics up as it starts
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            registry=registry,
+        ).set(time.time())
         self.dry_run.set(1 if dry_run else 0)
         self.info.labels(__version__).set(1)
         for rule in RULES:
