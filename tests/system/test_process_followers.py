@@ -60,10 +60,7 @@ def events():
         found.close()
 
 
-@needs_root
-def test_the_kernel_tells_of_an_exec(events):
-    assert events is not None, "the proc connector works for root in the initial namespaces"
-    events.drain()
+def assert_an_exec_is_told(events: ProcessEvents) -> None:
     process = exec_later()
     try:
         run_other_program(process)
@@ -71,6 +68,13 @@ def test_the_kernel_tells_of_an_exec(events):
     finally:
         process.kill()
         process.wait()
+
+
+@needs_root
+def test_the_kernel_tells_of_an_exec(events):
+    assert events is not None, "the proc connector works for root in the initial namespaces"
+    events.drain()
+    assert_an_exec_is_told(events)
 
 
 @needs_root
@@ -116,14 +120,7 @@ def test_forks_and_exits_of_the_machine_never_reach_the_daemon(filtered):
             os.waitpid(child, 0)
         time.sleep(0.2)
         assert _messages(sock) == 0
-        events = ProcessEvents(sock)
-        process = exec_later()
-        try:
-            run_other_program(process)
-            wait_until(lambda: process.pid in (events.drain() or set()))
-        finally:
-            process.kill()
-            process.wait()
+        assert_an_exec_is_told(ProcessEvents(sock))
     finally:
         sock.close()
 
