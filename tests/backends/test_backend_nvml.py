@@ -152,6 +152,9 @@ def test_memory_not_supported_keeps_the_device_and_loses_nothing(
     assert pids(snapshot) == [(5, 0)]
     assert not snapshot.partial
     assert len(snapshot.errors) == 1 and "memory not reported" in snapshot.errors[0]
+    for _ in range(3):
+        backend.snapshot()
+    assert (driver.calls["handle"], driver.calls["uuid"]) == (1, 1)  # kept, as for any device
 
 
 def test_memory_failing_otherwise_loses_the_device(

@@ -611,12 +611,14 @@ def test_a_reader_with_a_watcher_works_liveness_out_again_only_on_change(
 ) -> None:
     """The daemon's store follows registered processes by pidfd: an unchanged folder and no
     exit means the same live state (no /proc read), and an exit or a write is seen at once."""
+    from genv.store import loader
     from genv.system.watch import ProcessWatcher
 
     first, second = sleeper(), sleeper()
     with store(state_dir).transaction() as tx:
         tx.activate("e1", pid=first.pid)
         tx.activate("e2", pid=second.pid)
+    time.sleep(loader.SETTLED_SECONDS + 0.1)  # decoded records are kept once the file settled
     watcher = ProcessWatcher()
     reader = Store(state_dir, watcher=watcher)
     state = reader.read()
@@ -632,6 +634,33 @@ def test_a_reader_with_a_watcher_works_liveness_out_again_only_on_change(
         tx.configure("e2", name="renamed")
     assert [e.config.name for e in reader.read().environments] == ["renamed"]
     watcher.close()
+
+
+def test_a_file_rewritten_in_place_within_one_tick_of_the_clock_is_read_again(
+    state_dir: Path, sleeper: Sleeper, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where file times have the coarse clock's resolution, a rewrite in place of the same
+    size within one tick leaves the whole status as it was: records decoded from a file that
+    changed that recently are not kept, so the daemon never holds on to what its owner had
+    written a moment before (and others no longer see)."""
+    from genv.store import loader
+
+    process = sleeper()
+    with store(state_dir).transaction() as tx:
+        tx.activate("e1", pid=process.pid)
+    path = state_dir / "state-0.json"
+    before = path.read_bytes()
+    assert b'"e1"' in before
+    # A coarse clock: the status says nothing of a change (size, times, inode all alike).
+    monkeypatch.setattr(loader, "_key", lambda info: (info.st_dev, info.st_ino, info.st_size,
+                                                      info.st_uid, info.st_mode, info.st_nlink))
+    reader = Store(state_dir)
+    assert [e.eid for e in reader.read().environments] == ["e1"]
+    after = before.replace(b'"e1"', b'"e2"')
+    assert len(after) == len(before)
+    with open(path, "r+b") as rewrite:  # in place: same inode, same size
+        rewrite.write(after)
+    assert [e.eid for e in reader.read().environments] == ["e2"]
 
 
 # -- found in review: each once a way for one user to hurt another -------------------------

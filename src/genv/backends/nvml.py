@@ -70,10 +70,10 @@ def init_error_message(error: NvmlError) -> str:
 class NvmlBackend:
     """Reads devices and compute processes through NVML, kept open until ``close``.
 
-    What cannot change while NVML is open is kept: each device's handle by index (until the
-    device count changes or the device errors), its name by uuid; the uuid, memory and
-    processes are read on every snapshot. ``clock`` (monotonic seconds) times the back-off;
-    tests pass their own.
+    What cannot change while NVML is open is kept: each device's handle, uuid and name by
+    index (until the device count changes or the device errors: a handle names one device,
+    and calls on it fail once that device is gone); memory and processes are read on every
+    snapshot. ``clock`` (monotonic seconds) times the back-off; tests pass their own.
     """
 
     name = "nvml"
@@ -212,8 +212,8 @@ class NvmlBackend:
         try:
             total, used = library.memory(handle)
         except NvmlError as error:
-            self._handles.pop(index, None)
             if error.code != ERROR_NOT_SUPPORTED:
+                self._handles.pop(index, None)  # looked up again next time
                 reading.failed(f"device {index}: {error}", error)
                 return
             # Unified-memory parts (GB10) have no framebuffer figures; the device still

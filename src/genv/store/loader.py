@@ -33,9 +33,9 @@ _StatKey = tuple[int, int, int, int, int, int, int, int]
 # then unknown, not absent. Anything else about a file the owner controls (a lease, a mode,
 # a mount over it) is the owner's doing.
 READER_ERRNOS = frozenset({errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
-# A folder's modification time has the coarse clock's resolution: a listing is kept only once
-# the folder has been unchanged for this long, so that no entry made in the same tick as the
-# listing can go unseen.
+# A folder's or file's times have the coarse clock's resolution: a listing, or a file's
+# decoded records, is kept only once it has been unchanged for this long, so that no change
+# made in the same tick as the reading can go unseen.
 SETTLED_SECONDS = 1.0
 _ATTEMPTS = 5
 
@@ -291,7 +291,11 @@ class Loader:
         except codec.RecordError as error:
             self._bad(loaded, path, uid, str(error))
             return True
-        self._decoded[name] = (key, records)
+        if time.time() - info.st_ctime_ns / 1e9 > SETTLED_SECONDS:
+            # Kept only once settled: a rewrite in place of the same size within one tick of
+            # the coarse clock leaves every field of the status as it was (ctime too), so a
+            # file changed that recently is decoded again next time.
+            self._decoded[name] = (key, records)
         loaded.records[uid] = records
         self.last_good[uid] = records
         return True
