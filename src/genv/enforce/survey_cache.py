@@ -220,15 +220,7 @@ class SurveyCache:
             if config.non_env_processes:
                 part = Observation(snapshot.devices, visible, (), (), snapshot.unusable_uids)
                 for finding in rules.non_env_processes(part, config):
-                    found.append(
-                        (
-                            (
-                                _NON_ENV,
-                                finding.terminations[0].process.pid,
-                            ),
-                            finding,
-                        )
-                    )
+                    found.append(((_NON_ENV, finding.terminations[0].process.pid), finding))
         else:
             assert isinstance(key, tuple)
             envs = self._envs.get(key, [])
@@ -238,12 +230,7 @@ class SurveyCache:
                     snapshot.devices, visible, tuple(envs), attachments, snapshot.unusable_uids
                 )
                 for finding in rules.env_devices(part, config):
-                    found.append(
-                        (
-                            (_DEVICES, finding.terminations[0].process.pid),
-                            finding,
-                        )
-                    )
+                    found.append(((_DEVICES, finding.terminations[0].process.pid), finding))
             if config.env_memory:
                 for env in envs:
                     part = Observation(

@@ -62,6 +62,9 @@ def _user(termination: Termination) -> str:
     return user_label(facts.uid, facts.username)
 
 
+_BUCKET_LABELS = tuple(floatToGoString(bound) for bound in (*CYCLE_BUCKETS, float("inf")))
+
+
 class _PerCycle:
     """What changes every cycle, counted in plain numbers by the daemon's thread (a cycle
     costs an addition and a bisection) and made into families only when scraped: the cycles,
@@ -70,7 +73,6 @@ class _PerCycle:
     cheaply: no count of open descriptors, which the daemon holds one per GPU process."""
 
     def __init__(self) -> None:
-        self.cycles = 0
         self.in_bucket = [0] * (len(CYCLE_BUCKETS) + 1)  # the last one: above every bound
         self.seconds = 0.0
         self.last_cycle = 0.0
@@ -81,16 +83,15 @@ class _PerCycle:
             self._statm = None
 
     def observe(self, duration: float) -> None:
-        self.cycles += 1
         self.in_bucket[bisect_left(CYCLE_BUCKETS, duration)] += 1
         self.seconds += duration
 
     def collect(self) -> list[Metric]:
         counts = list(self.in_bucket)  # one copy: the buckets and the count agree
         buckets, total = [], 0
-        for bound, count in zip((*CYCLE_BUCKETS, float("inf")), counts, strict=True):
+        for label, count in zip(_BUCKET_LABELS, counts, strict=True):
             total += count
-            buckets.append((floatToGoString(bound), total))
+            buckets.append((label, total))
         times = os.times()
         found: list[Metric] = [
             HistogramMetricFamily(
@@ -99,7 +100,7 @@ class _PerCycle:
                 buckets=buckets,
                 sum_value=self.seconds,
             ),
-            CounterMetricFamily("genv_enforce_cycles", "Enforcement cycles run", value=self.cycles),
+            CounterMetricFamily("genv_enforce_cycles", "Enforcement cycles run", value=total),
             GaugeMetricFamily(
                 "genv_enforce_last_cycle_timestamp_seconds",
                 "Time the last complete cycle began (Unix seconds)",
