@@ -84,6 +84,38 @@ def test_a_copied_or_renamed_program_is_not_the_exempt_one(genv, machine, procs,
     assert str(real.pid) not in result.stdout
 
 
+def test_another_program_mounted_over_the_exempt_path_in_a_namespace_is_not_exempt(
+        genv, machine, procs, shared_dir, bob):
+    """/proc/PID/exe gives the path in the process's own mount namespace, which any user may
+    make (``unshare -Urm``) and mount another program over the exempt path in: only the file
+    at that path here, the very one, is exempt."""
+    import subprocess
+
+    own = shared_dir / "bob-ns"
+    own.mkdir()
+    os.chown(own, bob.uid, bob.gid)
+    as_user(bob, lambda: shutil.copy(TAIL, own / "tail"))
+    probe = subprocess.run(["unshare", "-Urm", "true"], preexec_fn=bob.become(),
+                           capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespaces for users here: {probe.stderr.decode().strip()}")
+    posing = procs.start(["unshare", "-Urm", "sh", "-c",
+                          f"mount --bind {own / 'tail'} {SLEEP} && exec {SLEEP} -f /dev/null"],
+                         user=bob)
+    wait_cmdline(posing.pid, "/dev/null")
+    assert os.readlink(f"/proc/{posing.pid}/exe") == SLEEP  # the path it shows is the exempt one
+    real = procs.start([SLEEP, "300"], user=bob)
+    machine.add(posing.pid, 0, "1gi")
+    machine.add(real.pid, 1, "1gi")
+
+    result = genv.enforce("--non-env-processes", "--exempt-process", "sleep", "--grace", "1")
+
+    assert not_in_env(posing.pid) in result.lines
+    assert procs.wait_dead(posing)
+    assert procs.alive(real)
+    assert str(real.pid) not in result.stdout
+
+
 # -- claiming another user's environment ---------------------------------------------------
 
 

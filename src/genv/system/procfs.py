@@ -147,18 +147,34 @@ def real_uid(pid: int) -> int | None:
         return None
 
 
+NOT_HERE = " (not the file at that path here)"
+
+
 def executable(pid: int) -> str | None:
     """The resolved path of the program ``pid`` runs (``/proc/PID/exe``), or None.
 
-    A program deleted since it started reads ``PATH (deleted)``, which names no file and so
-    matches no program an admin names.
+    The path is the one the process sees, in its own mount namespace: anyone may make a user
+    namespace, mount their own program over an admin's path there, and run it. So the path
+    is given only when the file at it here is the very file the process runs (same device
+    and inode); otherwise it is marked ``PATH (not the file at that path here)``. A program
+    deleted since it started reads ``PATH (deleted)``. Either names no file, and so matches
+    no program an admin names.
     """
     if not valid_pid(pid):
         return None
+    link = f"/proc/{pid}/exe"
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        path = os.readlink(link)
+        runs = os.stat(link)
     except OSError:
         return None
+    try:
+        here = os.stat(path)
+    except OSError:
+        return path if path.endswith(" (deleted)") else path + NOT_HERE
+    if (here.st_dev, here.st_ino) != (runs.st_dev, runs.st_ino):
+        return path + NOT_HERE
+    return path
 
 
 @functools.lru_cache(maxsize=1)
