@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import time
 
 import pytest
 
@@ -115,6 +116,42 @@ def test_a_name_planted_by_a_user_is_removed_and_the_daemon_starts(genv, machine
     daemon.wait_for(not_in_env(stray.pid))
     assert procs.wait_dead(stray)
     assert daemon.stop() == 0
+
+
+def test_a_user_planting_the_name_again_and_again_cannot_keep_the_daemon_from_starting(
+        genv, state_dir, bob):
+    """Bob plants a link under the lock's name the moment it is free, in a loop: root's
+    fresh file takes the name's place in one rename, so the name is never free for him."""
+    import subprocess
+
+    pid_file = state_dir / PID_FILE
+    loop = (
+        "import os, sys\n"
+        "while True:\n"
+        "    try:\n"
+        "        os.symlink('/etc/passwd', sys.argv[1])\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    python = "/usr/bin/python3"  # one bob may run (the tests' own may be in root's home)
+    if not os.access(python, os.X_OK):
+        pytest.skip("no system python3 for the planting user")
+    planter = subprocess.Popen([python, "-c", loop, str(pid_file)], preexec_fn=bob.become())
+    try:
+        for _ in range(50):  # the loop has planted it
+            if os.path.islink(pid_file):
+                break
+            time.sleep(0.05)
+        assert os.lstat(pid_file).st_uid == bob.uid
+        daemon = genv.start("--interval", "0.2")
+        started(daemon)
+        info = os.lstat(pid_file)
+        assert stat.S_ISREG(info.st_mode) and info.st_uid == 0
+        assert pid_file.read_text() == f"{daemon.process.pid}\n"
+        assert daemon.stop() == 0
+    finally:
+        planter.kill()
+        planter.wait()
 
 
 def test_a_hard_link_to_a_file_of_roots_is_never_written(genv, state_dir, shared_dir):

@@ -5,8 +5,9 @@ holds an exclusive flock on it for its whole life and writes its pid in it; a se
 it locked and says which pid holds it. No user can open root's file, so no user can take the
 lock first and switch enforcement off. In a folder everyone writes to, another user may plant
 the name first (a link, a folder, a fifo, a file of theirs, a hard link to some file of
-root's): root removes what is not its own plain file and makes a fresh one; it never follows,
-truncates or blocks on what it finds.
+root's): root puts a fresh file of its own in its place in one rename, so the name is never
+free for them to take again (a user cannot replace root's entry in the sticky folder); it
+never follows, truncates or blocks on what it finds.
 """
 
 from __future__ import annotations
@@ -141,15 +142,21 @@ _NOT_OURS = (
 
 
 def _remove(dir_fd: int, name: str, path: Path, owner: int) -> None:
-    """Remove what is under ``name`` and is not a lock we can use. Root removes anything
-    (another user planted it, or it is an odd thing of root's own); a user only their own."""
+    """Get rid of what is under ``name`` and is not a lock we can use. Root replaces anything
+    (another user planted it, or it is an odd thing of root's own) with an empty file of its
+    own, in one rename: unlinking it first would leave the name free, and a user planting it
+    again and again would win every time; a user removes only their own."""
     euid = os.geteuid()
     if euid != 0 and owner != euid:
         raise StateError(
             f"{path} belongs to uid {owner}, so this daemon cannot use it; "
             f"an admin should remove it: sudo rm -r {path}"
         )
-    if not safefs.clear_planted(dir_fd, name):
+    if euid == 0:
+        done = safefs.install_rightful(dir_fd, name, b"", 0, PID_FILE_MODE)
+    else:
+        done = safefs.clear_planted(dir_fd, name)
+    if not done:
         raise StateError(f"cannot remove {path}, which is not a daemon lock; remove it by hand")
     if owner != euid:
         log.warning("removed %s, planted by uid %d", path, owner)
