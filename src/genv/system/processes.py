@@ -48,10 +48,12 @@ def legacy_start(pid: int, wall: float) -> int | None:
 # new program's environment a moment after its command line) or cleared its environment;
 # for this long after its start it is given the benefit of the doubt.
 YOUNG_SECONDS = 2.0
-# Linux keeps a process's environment within its argument space (at most a quarter of its
-# stack limit; 32 pages per string): far more than this would be a process that set out to
-# cost the reader memory. What lies beyond is not looked at.
-ENVIRON_LIMIT = 1 << 24
+# Linux keeps a process's environment within its argument space: since 4.13 at most 6 MiB
+# for arguments and environment together (three quarters of the 8 MiB stack limit it
+# assumes), whatever the stack limit. A process can point its environment elsewhere
+# (prctl PR_SET_MM_MAP) to cost root a large read each time it is read again; what lies
+# beyond this is not looked at, which can only hide a claim of its own.
+ENVIRON_LIMIT = 6 << 20
 
 
 def environment_claim(pid: int) -> tuple[str | None, bool] | None:
