@@ -193,10 +193,6 @@ def user_runtime(linux_users: LinuxUsers) -> Iterator[UserRuntime]:
         site.chmod(0o755)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(_package_dir(genv), site / "genv", ignore=ignore)
-        with contextlib.suppress(ImportError):
-            import pynvml
-
-            shutil.copy2(pynvml.__file__, site / "pynvml.py")
         for package in RUNTIME_PACKAGES:  # genv's other dependencies (genv top, metrics)
             with contextlib.suppress(ImportError):
                 module = importlib.import_module(package)

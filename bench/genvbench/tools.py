@@ -154,18 +154,12 @@ def make_tools(
 
 
 def versions(tools: list[Tool]) -> dict[str, str]:
-    """``genv version`` of each tool, and the packages under the project's."""
+    """``genv version`` of each tool, and the C compiler that built the NVML stand-in."""
     found = {}
     for tool in tools:
         result = subprocess.run(tool.command("version"), env=tool.environment(),
                                 capture_output=True, text=True, check=False)
         found[tool.name] = (result.stdout.strip() or result.stderr.strip()).splitlines()[0]
-    project = next(tool for tool in tools if not tool.is_peer)
-    for package in ("nvidia-ml-py", "psutil"):
-        code = f"import importlib.metadata as m; print(m.version({package!r}))"
-        result = subprocess.run([project.python, "-c", code], capture_output=True, text=True,
-                                check=False)
-        found[f"{package} (project)"] = result.stdout.strip() or "unknown"
     found["C compiler"] = _first_line(["cc", "--version"])
     return found
 

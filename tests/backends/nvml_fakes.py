@@ -1,9 +1,9 @@
 """A fake NVML driver *under* genv's binding: C-callable functions (ctypes callbacks) that
-pynvml's function lookup hands out, as gpustat fakes NVML's function pointers.
+the opened library hands out by name, as gpustat fakes NVML's function pointers.
 
 So the tests run the very code that runs on a GPU server: ``nvml_binding`` calls these with
 ctypes arguments, reads their buffers and return codes. ``FakeDriver.install`` replaces
-``pynvml._LoadNvmlLibrary`` and ``pynvml._nvmlGetFunctionPointer``.
+``nvml_binding.open_library`` (the ``dlopen``) with one that hands out this driver.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pynvml
 import pytest
+
+from genv.backends import nvml_binding
 
 SUCCESS = 0
 INVALID_ARGUMENT = 2
@@ -63,6 +64,16 @@ UTILIZATION = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 LIST = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p
 )
+
+
+class _Library:
+    """What ``open_library`` gives: the driver's functions as attributes."""
+
+    def __init__(self, driver: FakeDriver) -> None:
+        self._driver = driver
+
+    def __getattr__(self, name: str) -> object:
+        return self._driver.lookup(name)
 
 
 @dataclass
@@ -121,21 +132,22 @@ class FakeDriver:
             self._functions[name] = LIST(self._lister(name))
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
-        monkeypatch.setattr(pynvml, "_LoadNvmlLibrary", self._load)
-        monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", self._lookup)
+        monkeypatch.setattr(nvml_binding, "open_library", self._load)
         return self
 
-    # -- pynvml's side ---------------------------------------------------------------------
+    # -- the dynamic loader's side ---------------------------------------------------------
 
-    def _load(self) -> None:
+    def _load(self) -> _Library:
         self.calls["load"] += 1
         if self.library_missing:
-            raise pynvml.NVMLError(LIBRARY_NOT_FOUND)
+            raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+        return _Library(self)
 
-    def _lookup(self, name: str) -> object:
+    def lookup(self, name: str) -> object:
+        """A function by name, as ``getattr`` on a ``ctypes.CDLL`` finds it (or not)."""
         self.calls[f"lookup {name}"] += 1
         if name in self.missing or name not in self._functions:
-            raise pynvml.NVMLError(FUNCTION_NOT_FOUND)
+            raise AttributeError(f"undefined symbol: {name}")
         return self._functions[name]
 
     # -- the C functions ---------------------------------------------------------------------

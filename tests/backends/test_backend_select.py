@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import genv.backends.choose as select
-from genv.backends import open_backend
+from genv.backends import nvml_binding, open_backend
 from genv.backends.base import BackendError
 from genv.backends.fake import FakeBackend
 from genv.backends.nvidia_smi import NvidiaSmiBackend
@@ -91,7 +91,7 @@ def test_nvml_instance_is_shared(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_real_detectors_do_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(select, "NVML_LIBRARY", "libgenv-test-does-not-exist.so.1")
+    monkeypatch.setattr(nvml_binding, "LIBRARY", "libgenv-test-does-not-exist.so.1")
     assert select.nvml_library_loads() is False
     monkeypatch.setenv("PATH", "/nonexistent")
     assert select.nvidia_smi_on_path() is False

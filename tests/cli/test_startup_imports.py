@@ -138,3 +138,51 @@ def test_activate_as_the_shell_function_runs_it_imports_no_heavy_module(machine,
 def test_the_fake_backend_never_loads_nvml(machine) -> None:
     modules, _ = imported(genv("devices", "query", "--query", "index", "total_memory"), machine)
     assert unwanted(modules, frozenset({"pynvml", "ctypes", "genv.backends.nvml"})) == []
+
+
+@pytest.fixture(scope="module")
+def nvml_standin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The folder of a freshly built stand-in ``libnvidia-ml.so.1``."""
+    import shutil
+    from pathlib import Path
+
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler (cc) to build the NVML stand-in")
+    out = tmp_path_factory.mktemp("nvml")
+    build = Path(__file__).resolve().parents[2] / "standins" / "build-nvml.sh"
+    result = subprocess.run(["sh", str(build), str(out)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return str(out)
+
+
+def test_a_listing_through_nvml_loads_the_driver_alone(machine, nvml_standin) -> None:
+    """Through NVML, ``genv devices`` opens ``libnvidia-ml.so.1`` with ctypes and nothing
+    more: not nvidia-ml-py (8,000 lines, and ``ctypes.util`` with ``subprocess``, about 20 ms
+    at every start), nor ``threading``, nor ``shutil``."""
+    env = {**machine, "GENV_GPU_BACKEND": "nvml", "LD_LIBRARY_PATH": nvml_standin}
+    modules, out = imported(genv("devices"), env)
+    assert "e1" in out and "e2" in out
+    assert "genv.backends.nvml_binding" in modules  # it did read the GPUs through NVML
+    banned = frozenset({"pynvml", "ctypes.util", "subprocess", "threading", "shutil"})
+    assert unwanted(modules, banned) == []
+
+
+def test_one_cycle_with_nothing_to_say_imports_no_logging(machine, nvml_standin) -> None:
+    """``genv enforce --interval 0`` is start-up and one cycle: ``logging`` (about 8 ms) and
+    ``typing`` are imported only when there is something to log at the chosen level."""
+    env = {**machine, "GENV_GPU_BACKEND": "nvml", "LD_LIBRARY_PATH": nvml_standin}
+    modules, _ = imported(genv("enforce", "--interval", "0", "--non-env-processes"), env)
+    assert "genv.enforce.daemon" in modules
+    assert unwanted(modules, frozenset({"logging", "typing", "pynvml", "threading"})) == []
+
+
+def test_one_cycle_still_logs_at_the_level_asked_for(machine, nvml_standin) -> None:
+    env = {**machine, "GENV_GPU_BACKEND": "nvml", "LD_LIBRARY_PATH": nvml_standin}
+    command = genv("enforce", "--interval", "0", "--non-env-processes", "--log-level", "debug")
+    result = subprocess.run(command, env=env, cwd="/", stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("genv enforce: DEBUG: started as pid ")
+    assert any(line.startswith("genv enforce: DEBUG: cycle done in ") for line in lines)

@@ -94,3 +94,51 @@ def test_a_quieter_level_set_after_settling_holds() -> None:
     before = "import logging; logs.settle(); logging.getLogger('genv').setLevel(logging.ERROR)"
     result = run_python(COMMAND.format(before=before))
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_a_set_up_given_instead_runs_at_the_first_record_of_its_level() -> None:
+    result = run_python("""
+        import sys
+        from genv.system import logs
+        calls = []
+        logs.when_used(lambda: calls.append("one-off"))
+        logs.instead(lambda: calls.append("daemon"), logs.WARNING)
+        log = logs.logger("genv.test")
+        log.debug("dropped")
+        log.info("dropped")
+        print(log.isEnabledFor(logs.INFO), "logging" in sys.modules, calls)
+        log.warning("said")
+        print("logging" in sys.modules, calls)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False []", "True ['daemon']"]
+    assert result.stderr == "said\n"  # (the set-up here configured nothing)
+
+
+def test_after_the_set_up_logging_levels_decide() -> None:
+    result = run_python("""
+        import logging
+        from genv.system import logs
+        logs.instead(lambda: logging.basicConfig(level=logging.DEBUG, format="%(message)s"),
+                     logs.INFO)
+        log = logs.logger("genv.test")
+        log.debug("dropped: under the level given")
+        log.info("first")
+        log.debug("shown: logging was set to DEBUG")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["first", "shown: logging was set to DEBUG"]
+
+
+def test_a_record_names_the_caller_not_the_stand_in() -> None:
+    result = run_python("""
+        import logging
+        from genv.system import logs
+        logging.basicConfig(level=logging.DEBUG, format="%(module)s:%(funcName)s %(message)s")
+        def where():
+            logs.logger("genv.test").debug("here")
+            logs.logger("genv.test").info("here")
+        where()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["<string>:where here"] * 2

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 ENV_VAR = "GENV_GPU_BACKEND"
 BACKENDS = ("nvml", "nvidia-smi", "fake")
-NVML_LIBRARY = "libnvidia-ml.so.1"
 
 _lock = _thread.allocate_lock()  # threading.Lock, without importing threading
 _nvml: GpuBackend | None = None
@@ -25,10 +24,10 @@ _nvml: GpuBackend | None = None
 
 def nvml_library_loads() -> bool:
     """Whether the NVML shared library can be loaded here (a dlopen; no driver call)."""
-    import ctypes
+    from genv.backends import nvml_binding
 
     try:
-        ctypes.CDLL(NVML_LIBRARY)
+        nvml_binding.open_library()
     except OSError:
         return False
     return True
@@ -47,7 +46,7 @@ def detect() -> str:
     if nvidia_smi_on_path():
         return "nvidia-smi"
     raise BackendError(
-        f"no NVIDIA driver was found ({NVML_LIBRARY} does not load and nvidia-smi is not on "
+        "no NVIDIA driver was found (libnvidia-ml.so.1 does not load and nvidia-smi is not on "
         "PATH): install the driver, or simulate a machine with "
         "GENV_GPU_BACKEND=fake GENV_FAKE_MACHINE=machine.json (see README)"
     )

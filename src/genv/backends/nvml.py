@@ -10,9 +10,9 @@ Importing this module never touches the driver, so it works on machines without 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
-import threading
 import time
 from collections.abc import Callable
 
@@ -85,7 +85,7 @@ class NvmlBackend:
     ) -> None:
         self._library = library if library is not None else NvmlLibrary()
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()  # threading.Lock, without importing threading
         self._open = False
         self._names: dict[str, str] = {}
         # Each device's handle, uuid and name, by index, for as long as NVML stays open and

@@ -1,9 +1,12 @@
 """NVML's C functions, the one path from genv to the driver.
 
-nvidia-ml-py (``pynvml``) loads ``libnvidia-ml.so.1`` and finds its functions
-(``_LoadNvmlLibrary``, ``_nvmlGetFunctionPointer``); every call, its structures and its
-answer are handled here, so the code that runs on a GPU server is the code the tests run
-(they put a fake library under that lookup, or load the stand-in ``libnvidia-ml.so.1``).
+``libnvidia-ml.so.1`` is opened with ctypes and its functions are looked up by name; every
+call, its structures and its answer are handled here, so the code that runs on a GPU server
+is the code the tests run (they put a fake library in place of ``open_library``'s, or load
+the stand-in ``libnvidia-ml.so.1``). nvidia-ml-py is not imported: loading its 8,000-line
+module (and ``ctypes.util`` with ``subprocess``, ``tempfile`` and ``shutil``) cost about
+20 ms at every start, a third of ``genv devices``, for the two lines taken from it (the
+``dlopen`` and the lookup); docs/architecture.md says more.
 
 The process lists are what the enforcer acts on, so they get the care the driver asks for:
 
@@ -31,10 +34,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     from typing import Any
 
-try:
-    import pynvml
-except ImportError:  # pragma: no cover - nvidia-ml-py is a declared dependency
-    pynvml = None
+LIBRARY = "libnvidia-ml.so.1"  # the driver's NVML, found as the dynamic loader finds it
 
 # nvml.h's return codes that genv tells apart.
 SUCCESS = 0
@@ -95,6 +95,12 @@ MAX_RECORDS = 1 << 16  # per device and list; ~1.5 MiB of buffer
 _ATTEMPTS = 4  # buffers grown for a list that keeps growing, before trying next snapshot
 _TEXT_BUFFER = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_DEVICE_NAME_V2_BUFFER_SIZE
 MAX_TEXTS = 1024  # decoded answers kept (a device's uuid and name each: a few dozen)
+
+
+def open_library() -> Any:
+    """``dlopen`` the driver's NVML (raises OSError where it does not load). The dynamic
+    loader keeps one copy per process, however often it is opened; nothing is called."""
+    return ctypes.CDLL(LIBRARY)
 
 
 def describe(code: int) -> str:
@@ -219,12 +225,13 @@ class _ListSlot:
 
 
 class NvmlLibrary:
-    """The driver calls genv makes, each a C function found through pynvml's lookup.
+    """The driver calls genv makes, each a C function of the library looked up by name.
 
     Not thread-safe by itself: the backend calls it under its lock.
     """
 
     def __init__(self) -> None:
+        self._library: Any = None  # opened by the first init(), then kept (as dlopen keeps it)
         self._functions: dict[str, Callable[..., int]] = {}
         self._chosen: dict[tuple[str, ...], tuple[str, Callable[..., int]]] = {}
         self._lists: dict[str, tuple[str, Callable[..., int], type[ctypes.Structure]]] = {}
@@ -243,12 +250,12 @@ class NvmlLibrary:
     def _function(self, name: str) -> Callable[..., int]:
         function = self._functions.get(name)
         if function is None:
-            if pynvml is None:
-                raise NvmlError(ERROR_LIBRARY_NOT_FOUND, name, "nvidia-ml-py is not installed")
+            if self._library is None:
+                raise NvmlError(ERROR_UNINITIALIZED, name)
             try:
-                function = pynvml._nvmlGetFunctionPointer(name)
-            except pynvml.NVMLError as error:
-                raise NvmlError(_code(error), name) from None
+                function = getattr(self._library, name)
+            except AttributeError:
+                raise NvmlError(ERROR_FUNCTION_NOT_FOUND, name) from None
             self._functions[name] = function
         return function
 
@@ -277,15 +284,12 @@ class NvmlLibrary:
     # -- the calls -----------------------------------------------------------------------
 
     def init(self) -> None:
-        """Load the library (once per process) and ``nvmlInit``."""
-        if pynvml is None:
-            raise NvmlError(ERROR_LIBRARY_NOT_FOUND, "nvmlInit", "nvidia-ml-py is not installed")
-        try:
-            pynvml._LoadNvmlLibrary()
-        except pynvml.NVMLError as error:
-            raise NvmlError(_code(error), "nvmlInit") from None
-        except OSError as error:
-            raise NvmlError(ERROR_LIBRARY_NOT_FOUND, "nvmlInit", str(error)) from None
+        """Open the library (the first time) and ``nvmlInit``."""
+        if self._library is None:
+            try:
+                self._library = open_library()
+            except OSError as error:
+                raise NvmlError(ERROR_LIBRARY_NOT_FOUND, "nvmlInit", str(error)) from None
         self.forget()
         self._call(("nvmlInit_v2", "nvmlInit"))
 
@@ -401,11 +405,6 @@ class NvmlLibrary:
             record = dict(variants)[name]
             chosen = self._lists[kind] = (name, function, record)
         return chosen
-
-
-def _code(error: BaseException) -> int:
-    value = getattr(error, "value", None)
-    return value if isinstance(value, int) else ERROR_UNKNOWN
 
 
 def _records(data: bytes, record: type[ctypes.Structure]) -> list[Record]:

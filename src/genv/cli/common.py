@@ -84,22 +84,20 @@ def add_table_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
     )
 
 
-def log_as_daemon(program: str, level: str) -> None:
+def log_as_daemon(program: str, level: str, *, when_used: bool = False) -> None:
     """Long-running commands (enforce, monitor, remote) log through the logging module,
     one escaped line each, as ``PROGRAM: LEVEL: message`` on stderr, instead of the
-    ``genv: warning:`` lines of one-off commands."""
-    import logging
-
-    from genv.enforce.report import OneLineFormatter
+    ``genv: warning:`` lines of one-off commands. ``when_used``: set up before the first
+    record at ``level`` or above, if any (one cycle of ``genv enforce`` seldom has one)."""
     from genv.system import logs
 
+    def configure() -> None:
+        from genv.cli import daemon_logs
+
+        daemon_logs.configure(program, level)
+
+    if when_used:
+        logs.instead(configure, logs.LEVELS[level])
+        return
     logs.settle()  # the one-off commands' set-up first: this one replaces it
-    library = logging.getLogger("genv")
-    library.handlers.clear()
-    library.setLevel(logging.NOTSET)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(f"{program}: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.addHandler(handler)
-    root.setLevel(level.upper())
+    configure()

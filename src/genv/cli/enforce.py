@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
 
 from genv.cli import common
 from genv.cli.common import checked
 from genv.domain import validate
 from genv.system import logs
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
     from genv.enforce.signals import Stopper
 
@@ -203,7 +203,9 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
     from genv.store import Store
     from genv.system.watch import ProcessWatcher, raise_open_file_limit
 
-    common.log_as_daemon("genv enforce", args.log_level)
+    daemon = args.interval != 0
+    # One cycle imports logging only if it has something to say at that level.
+    common.log_as_daemon("genv enforce", args.log_level, when_used=not daemon)
     log.debug("started as pid %d; SIGTERM or SIGINT stops it", os.getpid())
     config = RuleConfig(
         non_env_processes=args.non_env_processes,
@@ -221,7 +223,6 @@ def _run(args: argparse.Namespace, stopper: Stopper) -> int:
             "not running as root: other users' GPU processes can be neither identified "
             "nor terminated (permission); run it with sudo"
         )
-    daemon = args.interval != 0
     if daemon:
         # One descriptor per GPU process (the watcher) and per process in its grace.
         raise_open_file_limit()

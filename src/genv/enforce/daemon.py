@@ -15,19 +15,23 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from genv.backends.base import BackendError
+from genv.backends.errors import BackendError
 from genv.domain.models import Attachment, GpuSnapshot
 from genv.domain.observation import Membership, Observation, ObservedProcess
 from genv.enforce.executor import Detacher, Outcome, Terminator, describe
 from genv.enforce.findings import Finding
 from genv.enforce.observe import Observer
 from genv.enforce.plan import Plan
-from genv.enforce.report import CycleReport, ProblemLog, Reporters, Sink
+from genv.enforce.report import CycleReport, ProblemLog, Reporters
 from genv.enforce.rules import RuleConfig
 from genv.enforce.signals import Interrupted, Stopper
 from genv.enforce.survey_cache import SurveyCache
 from genv.store import State, StateError, StoreError
 from genv.system import logs
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from genv.enforce.report import Sink
 
 log = logs.logger("genv.enforce")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import attrgetter
 
-from genv.backends.base import GpuBackend
 from genv.domain.models import Environment, GpuProcess, GpuSnapshot
 from genv.domain.observation import (
     Observation,
@@ -22,6 +21,7 @@ from genv.system.watch import ProcessWatcher
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
 if TYPE_CHECKING:
+    from genv.backends.base import GpuBackend
     from genv.system.proc_events import ProcessEvents  # (its socket import: daemons only)
 
 _DEVICE = attrgetter("device_index")

@@ -15,11 +15,9 @@ passed through ``one_line`` (validate.safe_text on each character that is not pr
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, TextIO
 
 from genv.domain.validate import safe_text
 from genv.domain.values import field, value
@@ -27,6 +25,28 @@ from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Detachment, Finding, Termination
 from genv.enforce.plan import Plan
 from genv.system import logs
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows it)
+if TYPE_CHECKING:
+    from typing import Any, Protocol, TextIO
+
+    class Sink(Protocol):
+        """What every reporter gets told, in the order it happens."""
+
+        def finding(self, finding: Finding) -> None: ...
+
+        def terminating(self, termination: Termination) -> None: ...
+
+        def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None: ...
+
+        def killing(self, kill: Kill) -> None: ...
+
+        def detaching(self, detachment: Detachment) -> None: ...
+
+        def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None: ...
+
+        def cycle(self, report: CycleReport) -> None: ...
+
 
 log = logs.logger("genv.enforce")
 
@@ -83,24 +103,6 @@ class CycleReport:
     reused: bool = False  # the plan of the previous cycle was reused: nothing had changed
     plan: Plan | None = field(default=None, compare=False)  # what it concluded, if it got there
     hosts_not_answering: int = 0  # hosts of a cluster that gave no snapshot (0 on one host)
-
-
-class Sink(Protocol):
-    """What every reporter gets told, in the order it happens."""
-
-    def finding(self, finding: Finding) -> None: ...
-
-    def terminating(self, termination: Termination) -> None: ...
-
-    def outcome(self, termination: Termination, outcome: Outcome, error: str = "") -> None: ...
-
-    def killing(self, kill: Kill) -> None: ...
-
-    def detaching(self, detachment: Detachment) -> None: ...
-
-    def detach_failed(self, detachments: Sequence[Detachment], error: str) -> None: ...
-
-    def cycle(self, report: CycleReport) -> None: ...
 
 
 class Reporter:
@@ -234,7 +236,7 @@ class Reporter:
             log.error("could not signal process %d: %s; the others go on", pid, error or "failed")
 
     def cycle(self, report: CycleReport) -> None:
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(logs.DEBUG):
             log.debug(
                 "cycle done in %.1f ms: %s; %d findings, %d terminations, %d detachments%s",
                 report.duration * 1000,
@@ -311,10 +313,3 @@ class ProblemLog:
     @property
     def active(self) -> dict[str, str]:
         return dict(self._active)
-
-
-class OneLineFormatter(logging.Formatter):
-    """The daemon's log format: every record one line (a traceback too), see one_line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return one_line(super().format(record))

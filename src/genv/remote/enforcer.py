@@ -19,13 +19,13 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genv.enforce.cluster import ClusterPlan, ClusterRules, HostView, plan_cluster
 from genv.enforce.executor import Kill, Outcome
 from genv.enforce.findings import Termination
 from genv.enforce.plan import Plan
-from genv.enforce.report import CycleReport, ProblemLog, Sink
+from genv.enforce.report import CycleReport, ProblemLog
 from genv.remote import wire
 from genv.remote.agent import IN_PROGRESS, STALE
 from genv.remote.channel import AgentChannel
@@ -33,6 +33,9 @@ from genv.remote.hosts import Host
 from genv.remote.report import ClusterReporter, ClusterSinks
 from genv.remote.ssh import HostError, SshOptions
 from genv.system import logs
+
+if TYPE_CHECKING:
+    from genv.enforce.report import Sink
 
 log = logs.logger("genv.remote")
 MAX_BACKOFF = 60.0

@@ -28,7 +28,7 @@ def uid_of(name: str) -> int | None:
     """The uid of user ``name`` (or of a numeric uid given as text), None when unknown."""
     try:
         return pwd.getpwnam(name).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name, which no user has
         pass
     if name.isdigit() and len(name) <= 10:
         return int(name)
