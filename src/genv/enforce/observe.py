@@ -65,6 +65,7 @@ class Observer:
         self.inspector = ProcessInspector(watcher, events)
         self.change: Change | None = None
         self._last: tuple[Observation, GpuSnapshot, State] | None = None
+        self._same_state: State | None = None  # a state read that equals the last one's
         self._gpu: dict[int, GpuProcess] = {}  # id -> the GpuProcess objects last read
         self._gpu_processes: tuple[GpuProcess, ...] = ()  # and the tuple they came in
         self._usage: dict[int, list[GpuProcess]] = {}  # pid -> its entries, one per device
@@ -92,10 +93,16 @@ class Observer:
             self._last = None
             raise
         last = self._last
-        if last is not None and state is not last[2] and state == last[2]:
-            state = last[2]  # equal: keep one object, so that callers can tell
+        if last is not None and state is not last[2]:
+            if state is self._same_state or state == last[2]:
+                # Equal: keep one object, so that callers can tell. The store hands out its
+                # own object again next cycle (it keeps it while nothing changes): known
+                # equal, it is not compared field by field again.
+                self._same_state = state
+                state = last[2]
         if last is None or state is not last[2]:
             self.change = None
+            self._same_state = None
             self._last = (self._rebuild(gpus, state), gpus, state)
             return self._last
         if gpus is last[1] and not stale and not self._volatile:
