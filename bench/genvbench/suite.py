@@ -52,7 +52,9 @@ class Settings:
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(10, 20, 20.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5, 3, 30.0)
+        # The daemon's window is longer than the store's LIVE_STATE_REUSE (30 s): what a
+        # running daemon does every half minute falls inside it.
+        return cls(10, 20, 40.0, 10.0, 5, (10, 100, 1000), (100, 1000, 5000), 5.0, 5, 3, 30.0)
 
     @classmethod
     def quick(cls) -> Settings:
