@@ -95,11 +95,60 @@ def test_tracker_follows_a_found_kernel_without_scanning_again(kernel, monkeypat
     assert scans == [1]  # a missing kernel is looked for again after rescan_after
 
 
-def test_tracker_scans_for_an_id_it_never_looked_for(kernel):
+def test_tracker_scans_for_an_id_it_never_looked_for(kernel, monkeypatch):
     kernel_id, _ = kernel
-    tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=Clock())
+    clock = Clock()
+    tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=clock)
     assert tracker(ROOT, frozenset({"not-a-kernel"})) == set()
+    scans = counted_scans(monkeypatch)
+    clock.now = kernels.OWNER_SCAN_INTERVAL
     assert tracker(ROOT, frozenset({"not-a-kernel", kernel_id})) == {kernel_id}
+    assert scans == [{"not-a-kernel", kernel_id}]
+
+
+def counted_scans(monkeypatch) -> list[set[str]]:
+    """The ids each scan of /proc looks for, from now on."""
+    scans: list[set[str]] = []
+    original = kernels.kernel_processes
+    monkeypatch.setattr(kernels, "kernel_processes",
+                        lambda wanted: scans.append(set(wanted)) or original(wanted))
+    return scans
+
+
+def test_a_user_naming_new_ids_every_second_makes_a_scan_every_few_seconds(monkeypatch):
+    """Kernel ids are the user's to write: one who writes a new one into their file every
+    second costs root one scan of every command line in OWNER_SCAN_INTERVAL seconds, not one
+    a second. Meanwhile the new id counts as running (their own environment stays alive, as
+    a process of theirs would keep it); once scanned for, a made-up id is not running."""
+    alice, bob = 40011, 40012
+    clock = Clock()
+    tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=clock)
+    scans = counted_scans(monkeypatch)
+    answers = []
+    for second in range(10):
+        clock.now = float(second)
+        answers.append(tracker(alice, frozenset({f"made-up-{second}"})))
+    assert len(scans) == 2  # at 0 s and at 5 s
+    assert answers[0] == set()  # scanned for at once: no such kernel
+    assert answers[1] == {"made-up-1"}  # not scanned for yet
+    assert answers[5] == set()
+    # Another user's new id is scanned for at once, whatever alice does.
+    assert tracker(bob, frozenset({"bobs-made-up"})) == set()
+    assert len(scans) == 3 and "bobs-made-up" in scans[-1]
+
+
+def test_a_new_kernel_is_found_by_the_scan_it_waited_for(kernel, monkeypatch):
+    kernel_id, _ = kernel
+    clock = Clock()
+    tracker = KernelTracker(procfs.is_running, rescan_after=3600, clock=clock)
+    assert tracker(ROOT, frozenset({"first"})) == set()
+    assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}  # waits: counts as running
+    clock.now = kernels.OWNER_SCAN_INTERVAL
+    scans = counted_scans(monkeypatch)
+    assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}
+    assert scans == [{kernel_id}]
+    assert tracker(ROOT, frozenset({kernel_id})) == {kernel_id}
+    assert len(scans) == 1  # found: followed by its pid from now on
 
 
 def test_a_scan_keeps_only_the_kernel_ids_asked_for():

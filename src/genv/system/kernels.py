@@ -100,6 +100,10 @@ def running_kernels(owner: int, wanted: frozenset[str]) -> set[str]:
     return running | {k for k in wanted - running if connection_file_kept(k, owner)}
 
 
+# The most often one owner's new kernel ids make the daemon scan every command line.
+OWNER_SCAN_INTERVAL = 5.0
+
+
 class KernelTracker:
     """Which kernels run, for a reader that asks every second (the daemon).
 
@@ -107,6 +111,12 @@ class KernelTracker:
     followed by (pid, start), and a new scan happens only when an id is asked for that the
     last scan did not look for, or every ``rescan_after`` seconds while some asked-for id is
     missing (a kernel being restarted keeps its id).
+
+    Ids are a user's to write, so one user's new ids make a scan at most once every
+    ``owner_interval`` seconds: a user naming a new id every second would otherwise cost root
+    a scan of /proc every second. Until it is scanned for, a new id counts as running, as a
+    kernel that has just started does: that keeps only its owner's own environment alive,
+    for a few seconds, which any process of theirs registered with it does as well.
     """
 
     def __init__(
@@ -114,13 +124,16 @@ class KernelTracker:
         is_running: Callable[[int, int | None], bool],
         rescan_after: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        owner_interval: float = OWNER_SCAN_INTERVAL,
     ) -> None:
         self._is_running = is_running
         self._rescan_after = rescan_after
+        self._owner_interval = owner_interval
         self._clock = clock
         self._known: KernelProcesses = {}
         self._looked_for: dict[int, frozenset[str]] = {}  # owner -> what the last scan sought
         self._last_scan = float("-inf")
+        self._owner_scans: dict[int, float] = {}  # owner -> when their new ids made a scan
         self._folders: dict[int, list[str]] = {}  # owner -> their runtime folders
 
     def _alive(self, kernel: str, owner: int) -> bool:
@@ -132,14 +145,24 @@ class KernelTracker:
     def __call__(self, owner: int, wanted: frozenset[str]) -> set[str]:
         alive = {kernel for kernel in wanted if self._alive(kernel, owner)}
         missing = wanted - alive
-        stale = self._clock() - self._last_scan >= self._rescan_after
-        if missing and (missing - self._looked_for.get(owner, frozenset()) or stale):
-            self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
-            self._known = kernel_processes(
-                set(self._known).union(*self._looked_for.values())  # every owner's, still
-            )
-            self._last_scan = self._clock()
-            alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
+        now = self._clock()
+        stale = now - self._last_scan >= self._rescan_after
+        new = missing - self._looked_for.get(owner, frozenset())
+        if missing and (new or stale):
+            if stale or now - self._owner_scans.get(owner, float("-inf")) >= self._owner_interval:
+                self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
+                self._known = kernel_processes(
+                    set(self._known).union(*self._looked_for.values())  # every owner's, still
+                )
+                self._last_scan = now
+                if new:
+                    if len(self._owner_scans) > 4096:
+                        self._owner_scans.clear()
+                    self._owner_scans[owner] = now
+                alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
+                new = frozenset()
+            # else: this owner made a scan moments ago; their new ids wait for the next one
+        alive |= new  # not looked for yet: running, as a kernel that has just started
         missing = wanted - alive
         if not missing:
             return alive
