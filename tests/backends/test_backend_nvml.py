@@ -1,4 +1,4 @@
-"""The NVML backend over a fake driver (C-callable functions under pynvml's lookup): no GPU.
+"""The NVML backend over a fake driver (C-callable functions the opened library hands out): no GPU.
 
 Every call goes through ``nvml_binding``, the path that runs on GPU servers.
 """

@@ -1,4 +1,4 @@
-"""genv's one path to NVML, against a fake driver under pynvml's function lookup."""
+"""genv's one path to NVML, against a fake driver in place of the opened library."""
 
 from __future__ import annotations
 
@@ -182,6 +182,24 @@ def test_library_not_found(driver: FakeDriver) -> None:
     with pytest.raises(NvmlError) as raised:
         NvmlLibrary().init()
     assert raised.value.code == LIBRARY_NOT_FOUND
+
+
+def test_a_library_that_does_not_load_is_library_not_found(monkeypatch) -> None:
+    """The real ``dlopen`` (no fake driver): a missing library is NVML's own code 12, with
+    the dynamic loader's reason, and a later init tries to open it again."""
+    monkeypatch.setattr(nvml_binding, "LIBRARY", "libgenv-test-does-not-exist.so.1")
+    library = NvmlLibrary()
+    for _ in range(2):
+        with pytest.raises(NvmlError) as raised:
+            library.init()
+        assert raised.value.code == LIBRARY_NOT_FOUND
+        assert "libgenv-test-does-not-exist.so.1" in str(raised.value)
+
+
+def test_a_call_before_init_is_uninitialized() -> None:
+    with pytest.raises(NvmlError) as raised:
+        NvmlLibrary().device_count()
+    assert raised.value.code == nvml_binding.ERROR_UNINITIALIZED
 
 
 def test_errors_read_as_nvml_says_them() -> None:

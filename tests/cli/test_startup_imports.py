@@ -168,6 +168,7 @@ def test_a_listing_through_nvml_loads_the_driver_alone(machine, nvml_standin) ->
     assert unwanted(modules, banned) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: it warns that it is not (a record)")
 def test_one_cycle_with_nothing_to_say_imports_no_logging(machine, nvml_standin) -> None:
     """``genv enforce --interval 0`` is start-up and one cycle: ``logging`` (about 8 ms) and
     ``typing`` are imported only when there is something to log at the chosen level."""

@@ -320,6 +320,7 @@ def _preload_genv() -> None:
 
     import genv.backends.choose  # noqa: F401
     import genv.backends.fake  # noqa: F401
+    import genv.cli.daemon_logs  # noqa: F401 - set up at the first record it logs
     import genv.cli.devices  # noqa: F401
     import genv.cli.enforce  # noqa: F401
     import genv.cli.envs  # noqa: F401

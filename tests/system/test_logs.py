@@ -115,6 +115,22 @@ def test_a_set_up_given_instead_runs_at_the_first_record_of_its_level() -> None:
     assert result.stderr == "said\n"  # (the set-up here configured nothing)
 
 
+def test_a_logger_used_before_still_runs_the_set_up_given_instead() -> None:
+    result = run_python("""
+        from genv.system import logs
+        log = logs.logger("genv.test")
+        log.isEnabledFor(logs.DEBUG)  # used (and logging imported) before
+        calls = []
+        logs.instead(lambda: calls.append("daemon"), logs.INFO)
+        log.debug("dropped")
+        print(calls)
+        log.warning("said")
+        print(calls)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "['daemon']"]
+
+
 def test_after_the_set_up_logging_levels_decide() -> None:
     result = run_python("""
         import logging

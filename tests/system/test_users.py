@@ -7,7 +7,9 @@ import pytest
 from genv.system import users
 
 
-@pytest.mark.parametrize("name", ["\x00", "root\x00", "no-such-user-genv-test"])
+@pytest.mark.parametrize(
+    "name", ["\x00", "root\x00", "no-such-user-genv-test", "\u00b2", "\u0661\u0662\u0663"]
+)
 def test_a_name_no_user_has_is_none(name: str) -> None:
     assert users.uid_of(name) is None
 

@@ -19,7 +19,7 @@ log = logs.logger("genv.metrics")
 
 
 def _port(text: str) -> int:
-    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+    if not validate.decimal(text.strip()) or not 0 < int(text) < 65536:
         raise validate.InvalidValue(f"{validate.safe_text(text, 20)!r} is not a port (1-65535)")
     return int(text)
 

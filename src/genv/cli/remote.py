@@ -8,6 +8,7 @@ import sys
 
 from genv.cli import common
 from genv.cli.main import OneLineParser
+from genv.domain import validate
 from genv.system import logs
 
 log = logs.logger("genv.remote")
@@ -24,7 +25,7 @@ def _positive(text: str) -> float:
 
 
 def _parallel(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1024:
+    if not validate.decimal(text) or not 1 <= int(text) <= 1024:
         raise argparse.ArgumentTypeError("give a number of connections from 1 to 1024")
     return int(text)
 

@@ -215,8 +215,10 @@ class Script:
 
 
 def _shell_pid() -> int | None:
+    from genv.domain.validate import decimal
+
     text = os.environ.get(SHELL_PID, "")
-    return int(text) if text.isdigit() else None
+    return int(text) if decimal(text) else None
 
 
 def _require_shell(command: str) -> int | None:

@@ -149,6 +149,12 @@ def refresh_interval(value: object, what: str = "--interval") -> float:
     return number
 
 
+def decimal(text: str) -> bool:
+    """Whether ``text`` is digits 0-9 only: ``str.isdigit`` is also true of "²" and of other
+    scripts' digits, which ``int`` refuses or reads as a number nobody typed as one."""
+    return text.isascii() and text.isdigit()
+
+
 def _integer(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise InvalidValue(f"the {what} must be a whole number")
@@ -156,7 +162,7 @@ def _integer(value: object, what: str) -> int:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text and len(text) <= 20 and (text.isdigit() or (text[0] == "-" and text[1:].isdigit())):
+        if text and len(text) <= 20 and (decimal(text) or (text[0] == "-" and decimal(text[1:]))):
             return int(text)
     raise InvalidValue(f"invalid {what} {_shown(value)}: use a whole number")
 

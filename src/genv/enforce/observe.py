@@ -93,13 +93,16 @@ class Observer:
             self._last = None
             raise
         last = self._last
-        if last is not None and state is not last[2]:
-            if state is self._same_state or state == last[2]:
-                # Equal: keep one object, so that callers can tell. The store hands out its
-                # own object again next cycle (it keeps it while nothing changes): known
-                # equal, it is not compared field by field again.
-                self._same_state = state
-                state = last[2]
+        if (
+            last is not None
+            and state is not last[2]
+            and (state is self._same_state or state == last[2])
+        ):
+            # Equal: keep one object, so that callers can tell. The store hands out its own
+            # object again next cycle (it keeps it while nothing changes): known equal, it
+            # is not compared field by field again.
+            self._same_state = state
+            state = last[2]
         if last is None or state is not last[2]:
             self.change = None
             self._same_state = None

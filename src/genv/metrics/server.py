@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from genv.domain import validate
 from genv.errors import GenvError
 from genv.system import logs
 
@@ -63,7 +64,7 @@ def parse_listen(text: str, default_address: str = DEFAULT_ADDRESS) -> tuple[str
         address, port_text = inside, rest[1:]
     elif ":" in text:
         address, _, port_text = text.rpartition(":")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not validate.decimal(port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     if not address:
         raise ValueError(f"{text!r}: the address is empty")

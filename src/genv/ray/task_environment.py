@@ -24,6 +24,7 @@ import ray
 
 from genv.backends import GpuBackend, open_backend
 from genv.core import devices, environments, session
+from genv.domain import validate
 from genv.domain.memory import MULTIPLIERS
 from genv.domain.models import Device
 from genv.errors import GenvError
@@ -54,7 +55,7 @@ def device_indices(gpu_ids: Sequence[int | str], devices_now: Sequence[Device]) 
     indices = set()
     for gpu_id in gpu_ids:
         text = str(gpu_id).strip()
-        index = int(text) if text.isdigit() else by_uuid.get(text)
+        index = int(text) if validate.decimal(text) else by_uuid.get(text)
         if index is None or index not in known:
             raise TaskEnvironmentError(
                 f"Ray gave this task GPU {text!r}, which is not one of the {len(known)} "

@@ -148,20 +148,20 @@ class KernelTracker:
         now = self._clock()
         stale = now - self._last_scan >= self._rescan_after
         new = missing - self._looked_for.get(owner, frozenset())
-        if missing and (new or stale):
-            if stale or now - self._owner_scans.get(owner, float("-inf")) >= self._owner_interval:
-                self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
-                self._known = kernel_processes(
-                    set(self._known).union(*self._looked_for.values())  # every owner's, still
-                )
-                self._last_scan = now
-                if new:
-                    if len(self._owner_scans) > 4096:
-                        self._owner_scans.clear()
-                    self._owner_scans[owner] = now
-                alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
-                new = frozenset()
-            # else: this owner made a scan moments ago; their new ids wait for the next one
+        # One owner's new ids make a scan at most every owner_interval seconds (see above).
+        allowed = now - self._owner_scans.get(owner, float("-inf")) >= self._owner_interval
+        if missing and (stale or (new and allowed)):
+            self._looked_for[owner] = frozenset(missing)  # only what is wanted now: bounded
+            self._known = kernel_processes(
+                set(self._known).union(*self._looked_for.values())  # every owner's, still
+            )
+            self._last_scan = now
+            if new:
+                if len(self._owner_scans) > 4096:
+                    self._owner_scans.clear()
+                self._owner_scans[owner] = now
+            alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
+            new = frozenset()
         alive |= new  # not looked for yet: running, as a kernel that has just started
         missing = wanted - alive
         if not missing:

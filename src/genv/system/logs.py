@@ -75,9 +75,10 @@ class _Logger:
         return getattr(self._real(), attribute)
 
     def _real(self) -> logging.Logger:
-        found = self._logger
-        if found is None:  # the first use: the set-ups, then the real logger, kept
+        if _pending:  # a set-up given since (``instead``, ``when_used``) runs first
             settle()
+        found = self._logger
+        if found is None:  # the first use: the real logger, kept
             import logging
 
             found = self._logger = logging.getLogger(self._name)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pwd
 
+from genv.domain import validate
+
 _names: dict[int, str] = {}
 
 
@@ -30,7 +32,7 @@ def uid_of(name: str) -> int | None:
         return pwd.getpwnam(name).pw_uid
     except (KeyError, ValueError):  # ValueError: a NUL in the name, which no user has
         pass
-    if name.isdigit() and len(name) <= 10:
+    if validate.decimal(name) and len(name) <= 10:
         return int(name)
     return None
 
