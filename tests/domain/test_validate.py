@@ -82,6 +82,18 @@ def test_memory_amounts_are_kept_as_written_trimmed():
     assert "invalid memory amount '4 gigs'" in refused(validate.memory_amount, "4 gigs")
 
 
+@pytest.mark.parametrize("text", ["1k\u0131", "1m\u0130", "\uff11g", "\u0661\u0662mi", "4\u00b2g"])
+def test_a_memory_amount_is_ascii_digits_and_units(text):
+    """Unicode case-folding would let "i" match "ı" or "İ" (a unit nobody has: it raised
+    KeyError), and \\d other scripts' digits: refused with the usual one line."""
+    assert "invalid memory amount" in refused(validate.memory_amount, text)
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661", "-\u00b2", "1\u00b2"])
+def test_whole_numbers_are_ascii_digits(text):
+    assert "use a whole number" in refused(validate.pid, text)
+
+
 def test_ids_and_names():
     assert validate.environment_id("a.b_c:d@e+f/g=h-1") == "a.b_c:d@e+f/g=h-1"
     assert refused(validate.environment_id, "a b") == (

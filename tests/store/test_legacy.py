@@ -48,6 +48,19 @@ def test_a_bad_entry_hides_no_other(folder) -> None:
     assert legacy.pending(fd) and found.eids == {"e1"}
 
 
+def test_an_attachment_with_a_unit_no_one_has_is_left_out(folder) -> None:
+    """A memory unit spelled with a dotless i ("1kı") matched the unit pattern under Unicode
+    case-folding and raised KeyError: one user's devices.json stopped every reader."""
+    path, fd = folder
+    (path / "devices.json").write_text(json.dumps({"devices": [
+        {"_key": "\u0663", "attachments": [{"eid": "e9", "gpu_memory": "1g"}]},
+        {"index": 0, "attachments": [{"eid": "e1", "gpu_memory": "1k\u0131"},
+                                     {"eid": "e2", "gpu_memory": "4g"}]}]}))
+    found = legacy.read(fd)
+    assert [(a.device_index, a.eid) for a in found.attachments] == [(0, "e2")]
+    assert any("e1" not in note and "left out" in note for note in found.notes)
+
+
 def test_the_form_before_0_9_is_read(folder) -> None:
     path, fd = folder
     (path / "envs.json").write_text(json.dumps({"envs": {"e1": dict(GOOD)}}))

@@ -218,7 +218,7 @@ def _shell_pid() -> int | None:
     from genv.domain.validate import decimal
 
     text = os.environ.get(SHELL_PID, "")
-    return int(text) if decimal(text) else None
+    return int(text) if decimal(text) and len(text) <= 10 else None
 
 
 def _require_shell(command: str) -> int | None:

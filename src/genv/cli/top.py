@@ -78,7 +78,9 @@ def show(args: argparse.Namespace, source: Source, top: Top | None = None) -> in
         if interactive:
             top.run(Console())
         else:
-            width = int(os.environ.get("COLUMNS", "") or 0) or 120
+            columns = os.environ.get("COLUMNS", "")
+            width = int(columns) if validate.decimal(columns) and len(columns) <= 5 else 0
+            width = width or 120
             top.print_once(Console(width=width, color_system=None, highlight=False))
     finally:
         if poller is not None:

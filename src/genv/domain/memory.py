@@ -18,7 +18,9 @@ MULTIPLIERS: dict[str, int] = {
 
 MIB = MULTIPLIERS["mi"]
 
-_AMOUNT = re.compile(r"^\s*(\d+)\s*(b|k|m|g|ki|mi|gi)?\s*$", re.IGNORECASE)
+# ASCII only: Unicode case-folding makes "i" match "ı" and "İ" (no unit of ours), and \d
+# other scripts' digits (a "１g" that reads as a gigabyte).
+_AMOUNT = re.compile(r"^\s*(\d+)\s*(b|k|m|g|ki|mi|gi)?\s*$", re.IGNORECASE | re.ASCII)
 
 
 class MemoryFormatError(UsageError, ValueError):

@@ -232,7 +232,7 @@ def _attachments(document: Any, notes: list[str]) -> tuple[LegacyAttachment, ...
             if raw is None and isinstance(item.get("eids"), dict):  # before 0.9
                 raw = list(item["eids"].values())
             entries = _list(raw or [], MAX_ATTACHMENTS, "attachments")
-        except (RecordError, validate.InvalidValue, TypeError, ValueError) as error:
+        except (RecordError, validate.InvalidValue, TypeError, ValueError, KeyError) as error:
             _note(notes, f"device #{position + 1} of {DEVICES} is left out: {error}")
             continue
         for entry in entries:
@@ -247,7 +247,7 @@ def _attachments(document: Any, notes: list[str]) -> tuple[LegacyAttachment, ...
                     gpu_memory=None if memory is None else validate.memory_amount(memory),
                     time=_time(entry.get("time", entry.get("attached"))),
                 )
-            except (RecordError, validate.InvalidValue, TypeError, ValueError) as error:
+            except (RecordError, validate.InvalidValue, TypeError, ValueError, KeyError) as error:
                 _note(notes, f"an attachment to device {index} is left out: {error}")
                 continue
             if (index, eid) in seen:
@@ -259,7 +259,7 @@ def _attachments(document: Any, notes: list[str]) -> tuple[LegacyAttachment, ...
 
 def _key_index(item: dict[str, Any]) -> Any:
     key = item.get("_key")
-    return int(key) if isinstance(key, str) and key.isdigit() and len(key) < 6 else key
+    return int(key) if isinstance(key, str) and validate.decimal(key) and len(key) < 6 else key
 
 
 def _list(value: Any, limit: int, what: str) -> list[Any]:

@@ -115,8 +115,10 @@ class KernelTracker:
     Ids are a user's to write, so one user's new ids make a scan at most once every
     ``owner_interval`` seconds: a user naming a new id every second would otherwise cost root
     a scan of /proc every second. Until it is scanned for, a new id counts as running, as a
-    kernel that has just started does: that keeps only its owner's own environment alive,
-    for a few seconds, which any process of theirs registered with it does as well.
+    kernel that has just started does: that keeps only its owner's own environment alive
+    (until the next scan, or as long as the daemon's store keeps that live state: at most
+    30 s while nothing else changes), which any process of theirs registered with it does
+    as well.
     """
 
     def __init__(
@@ -157,8 +159,9 @@ class KernelTracker:
             )
             self._last_scan = now
             if new:
-                if len(self._owner_scans) > 4096:
-                    self._owner_scans.clear()
+                if len(self._owner_scans) > 4096:  # (owners who scanned long ago: as absent)
+                    limit = now - self._owner_interval
+                    self._owner_scans = {o: t for o, t in self._owner_scans.items() if t > limit}
                 self._owner_scans[owner] = now
             alive |= {kernel for kernel in missing if self._alive(kernel, owner)}
             new = frozenset()
