@@ -354,3 +354,27 @@ def test_the_per_cycle_text_is_what_prometheus_client_writes(monkeypatch, reside
         cpu[0] += 1234.5678
         assert metrics._per_cycle_text.render() == generate_latest(metrics.per_cycle)
     assert b"genv_enforce_cycles_total 7.0\n" in metrics.page()
+
+
+def test_a_new_plan_with_the_same_findings_renders_nothing_again(monkeypatch) -> None:
+    """A machine that changes every cycle makes a new plan every cycle; while its findings
+    are the same, the gauges are not set again and the settled page is not rendered again
+    (each costs the daemon's thread); a plan with other findings is shown at once."""
+    import genv.metrics.enforcement as enforcement
+
+    metrics = EnforcementMetrics()
+    metrics.cycle(CycleReport(1.0, 0.0003, acted=True, plan=Plan((), (), ())))
+    metrics.page()
+    renders = []
+    real = enforcement.generate_latest
+    monkeypatch.setattr(enforcement, "generate_latest",
+                        lambda registry: renders.append(registry) or real(registry))
+    for start in (2.0, 3.0, 4.0):
+        metrics.cycle(CycleReport(start, 0.0003, acted=True, plan=Plan((), (), ())))
+        metrics.page()
+    assert metrics.registry not in renders
+    metrics.cycle(
+        CycleReport(5.0, 0.0003, acted=True, plan=Plan((Finding("env-devices", "x"),), (), ()))
+    )
+    assert value(metrics.page(), "genv_enforce_violations", rule="env-devices") == 1
+    assert metrics.registry in renders

@@ -290,6 +290,7 @@ class EnforcementMetrics:
         for reason in CYCLE_ERRORS:
             self.cycle_errors.labels(reason)
         self._plan: Plan | None = None
+        self._violations: dict[str, int] = dict.fromkeys(RULES, 0)  # as the gauges say now
         self._signalling: Termination | None = None
         self._hosts_not_answering = 0
         # The page of ``registry`` as last rendered, and whether it is to be rendered again:
@@ -353,9 +354,12 @@ class EnforcementMetrics:
         if report.plan is not self._plan:  # an unchanged machine gives back the same plan
             self._plan = report.plan
             found = Tally(finding.rule for finding in report.plan.findings) if report.plan else {}
-            for rule in {*RULES, *found}:
-                self.violations.labels(rule).set(found.get(rule, 0))
-            self._stale = True
+            counts = {rule: found.get(rule, 0) for rule in {*RULES, *found}}
+            if counts != self._violations:  # (a machine that changes makes a new plan a cycle)
+                self._violations = counts
+                for rule, count in counts.items():
+                    self.violations.labels(rule).set(count)
+                self._stale = True
 
     # -- serving --------------------------------------------------------------------------
 
