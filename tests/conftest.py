@@ -428,12 +428,13 @@ def sleeper() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         env: Mapping[str, str] | None = None,
         seconds: int = 3600,
         argv: Sequence[str] | None = None,
+        executable: str | None = None,
     ) -> subprocess.Popen[bytes]:
         environment = {"PATH": USER_PATH, "LANG": "C.UTF-8"}
         environment.update(env or {})
         process = subprocess.Popen(
             list(argv) if argv is not None else ["sleep", str(seconds)],
-            env=environment, cwd="/", start_new_session=True,
+            executable=executable, env=environment, cwd="/", start_new_session=True,
             preexec_fn=None if user is None else user.become(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -68,11 +68,8 @@ def _kernel(sleeper: Any, user: Any) -> tuple[str, Any]:
     process = sleeper(user=user, argv=["sleep", "3600"])
     process.kill()
     process.wait()
-    process = subprocess.Popen(
-        [f"/tmp/kernel-{kernel_id}.json", "3600"], executable=shutil.which("sleep"),
-        preexec_fn=user.become(), start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process = sleeper(user=user, argv=[f"/tmp/kernel-{kernel_id}.json", "3600"],
+                      executable=shutil.which("sleep"))  # (the fixture stops it afterwards)
     wait_cmdline(process.pid, kernel_id)
     return kernel_id, process
 

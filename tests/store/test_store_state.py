@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -68,9 +69,10 @@ def store(state_dir: Path, uid: int = 0) -> Store:
 
 def kernel(sleeper: Sleeper, shared_tmp: Path, kernel_id: str,
            user: LinuxUser | None = None) -> subprocess.Popen[bytes]:
-    """A process that looks like a Jupyter kernel (its connection file is an argument)."""
+    """A process that looks like a Jupyter kernel (its connection file is on its command
+    line): ``sleep`` itself, so that killing it leaves no child running."""
     connection = shared_tmp / f"kernel-{kernel_id}.json"
-    process = sleeper(user=user, argv=["/bin/sh", "-c", "sleep 3600; :", str(connection)])
+    process = sleeper(user=user, argv=[str(connection), "3600"], executable=shutil.which("sleep"))
     wait_cmdline(process.pid, kernel_id)
     return process
 
